@@ -1,0 +1,322 @@
+"""What each `kubemr` subcommand does, for runs on this machine.
+
+`cli` parses arguments; these functions do the work and return the exit
+code. They print results to stdout and everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from kubemr import layout, reporter, state
+from kubemr.errors import KubemrError, NotFound, RunError, SpecError
+from kubemr.local import (
+    LocalRun,
+    check_inputs,
+    check_output,
+    find_run,
+    prepare,
+    read_manifest,
+    runs_home,
+)
+from kubemr.plan import load_plan, read_split
+from kubemr.progress import describe
+from kubemr.shim import config as shim_config
+from kubemr.shim.job import Job
+from kubemr.spec import parse_manifest
+from kubemr.store.sqlite import SqliteStore
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    worst = 0
+    for path in args.files:
+        try:
+            spec = parse_manifest(read_manifest(path))
+        except KubemrError as exc:
+            _err(f"{path}: invalid: {exc}")
+            worst = max(worst, exc.exit_code)
+            continue
+        kind = (
+            "map-only"
+            if spec.reduce is None and spec.map is not None
+            else (f"{spec.partitions} partition(s)")
+        )
+        print(f"{path}: valid ({len(spec.inputs)} input(s), {kind})")
+    return worst
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1 or workers > 256:
+        raise SpecError(f"--workers must be from 1 to 256, got {workers}.")
+    prep = prepare(args.file, args.output, os.environ)
+    run_dir = os.path.abspath(args.run_dir or os.path.join(runs_home(), prep.name))
+    db = os.path.join(run_dir, "job.db")
+    if os.path.exists(db):
+        stored = SqliteStore(db).get()
+        if stored.get("spec", {}).get("inputs") != prep.manifest["spec"]["inputs"]:
+            raise RunError(
+                f"{run_dir} holds another job ({stored.get('metadata', {}).get('name')}); give a "
+                "new --run-dir, or the same manifest to resume it."
+            )
+        _err(f"resuming {run_dir}")
+    else:
+        check_inputs(prep.spec)
+        output = prep.spec.output
+        if output is not None:
+            check_output(output, prep.spec)
+        LocalRun.create(prep, run_dir)
+    run = LocalRun(run_dir, workers, quiet=args.quiet)
+    name = str(run.store.get()["metadata"]["name"])
+    if not args.quiet:
+        _err(f"running {name} with {workers} worker(s) in {run_dir}")
+    started = time.monotonic()
+    try:
+        doc = run.run()
+    except KeyboardInterrupt:
+        _err(f"interrupted; resume with: kubemr run {args.file} --run-dir {run_dir}")
+        return 130
+    return _report(doc, name, run_dir, time.monotonic() - started)
+
+
+def _report(doc: dict[str, Any], name: str, run_dir: str, elapsed: float) -> int:
+    status = state.status_of(doc)
+    if state.phase_of(doc) == state.SUCCEEDED:
+        results = [str(r) for r in status.get("results", [])]
+        output = str(doc["spec"]["output"])
+        shown = output.removeprefix("file://")
+        _err(f"{name} succeeded in {elapsed:.1f}s: {len(results)} result file(s)")
+        counters = status.get("counters") or {}
+        if counters:
+            _err("counters:")
+            for line in reporter.format_counters(counters):
+                _err(line)
+        print(shown)
+        return 0
+    message = status.get("message") or "no reason recorded"
+    _err(f"kubemr: error: {name} failed: {message}")
+    task = status.get("failedTask")
+    if task:
+        _err(f"  full stderr: kubemr logs {name} --task {task}")
+        if str(task).startswith(("map-", "reduce-")):
+            _err(f"  debug it:    kubemr replay {name} --task {task}")
+    _err(f"  run directory: {run_dir}")
+    return 1
+
+
+def _open(run: str) -> tuple[str, dict[str, Any]]:
+    run_dir = find_run(run)
+    store = SqliteStore(os.path.join(run_dir, "job.db"))
+    try:
+        return run_dir, store.get()
+    finally:
+        store.close()
+
+
+def _job(doc: dict[str, Any]) -> Job:
+    return Job.from_doc(doc, shim_config.from_env({**os.environ, "KUBEMR_STORE": "-"}))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run_dir, doc = _open(args.run)
+    status = state.status_of(doc)
+    print(f"name:      {doc['metadata']['name']}")
+    print(f"run dir:   {run_dir}")
+    print(f"progress:  {describe(doc)}")
+    if status.get("message"):
+        print(f"message:   {status['message']}")
+    for stage in ("map", "reduce"):
+        for i, entry in enumerate(state.entries(doc, stage)):
+            if entry.get("s") in (state.RUNNING, state.FAILED) or entry.get("e"):
+                print(f"  {stage}-{i}: {_entry_text(entry)}")
+    return 0
+
+
+def _entry_text(entry: dict[str, Any]) -> str:
+    words = {"p": "pending", "r": "running", "d": "done", "f": "failed"}
+    text = f"{words.get(str(entry.get('s')), '?')}, attempt {entry.get('a', 0)}"
+    if entry.get("h"):
+        text += f" on {entry['h']}"
+    if entry.get("e"):
+        text += f"; last error: {str(entry['e']).splitlines()[0]}"
+    return text
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    _, doc = _open(args.run)
+    if state.phase_of(doc) != state.SUCCEEDED:
+        raise RunError(
+            f"{doc['metadata']['name']} has no results: it is {describe(doc).split()[0]}."
+        )
+    results = [str(r) for r in state.status_of(doc).get("results", [])]
+    job = _job(doc)
+    for url in results:
+        if not args.cat:
+            print(url)
+            continue
+        with job.storage(url).open_read(url) as f:
+            shutil.copyfileobj(f, sys.stdout.buffer, 1024 * 1024)
+    sys.stdout.flush()
+    return 0
+
+
+def _latest_attempt(doc: dict[str, Any], task: state.Task, wanted: int | None) -> int:
+    entry = state.entry_of(doc, task)
+    if entry is None:
+        raise RunError(f"{doc['metadata']['name']} has no task {task.name}.")
+    attempt = int(entry.get("a", 0))
+    if attempt == 0:
+        raise RunError(f"{task.name} has not started yet.")
+    if wanted is not None:
+        if not 1 <= wanted <= attempt:
+            raise RunError(f"{task.name} has attempts 1 to {attempt}, not {wanted}.")
+        return wanted
+    return attempt
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    run_dir, doc = _open(args.run)
+    if not args.task:
+        logs = os.path.join(run_dir, "logs")
+        for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+            print(f"==> {name} <==")
+            with open(os.path.join(logs, name), "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.flush()
+        return 0
+    task = _task(args.task)
+    attempt = _latest_attempt(doc, task, args.attempt)
+    job = _job(doc)
+    url = layout.log_url(job.workdir(doc), task, attempt)
+    try:
+        data = job.storage(url).get_bytes(url)
+    except NotFound:
+        _err(f"{task.name} attempt {attempt} wrote nothing to stderr.")
+        return 0
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return 0
+
+
+def _task(name: str) -> state.Task:
+    try:
+        return state.Task.parse(name)
+    except ValueError as exc:
+        raise RunError(f"{exc}.") from exc
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    _, doc = _open(args.run)
+    task = _task(args.task)
+    if task.stage not in ("map", "reduce"):
+        raise RunError("only map-N and reduce-N tasks can be replayed.")
+    job = _job(doc)
+    status = state.status_of(doc)
+    if "planUrl" not in status:
+        raise RunError(f"{doc['metadata']['name']} was not planned yet; nothing to replay.")
+    entry = state.entry_of(doc, task)
+    if entry is None:
+        raise RunError(f"{doc['metadata']['name']} has no task {task.name}.")
+    attempt = max(int(entry.get("a", 0)), 1)
+    workdir = job.workdir(doc)
+    out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
+    cwd = tempfile.mkdtemp(prefix=f"kubemr-replay-{task.name}-")
+    try:
+        job.write_files(cwd)
+        if task.stage == "map":
+            plan_url = str(status["planUrl"])
+            splits, _ = load_plan(job.storage(plan_url).get_bytes(plan_url))
+            split = splits[task.index]
+            env = job.task_env(task, attempt, {"KUBEMR_INPUT": split.input_env()})
+            _err(f"replaying {task.name} (input {split.describe()}) in {cwd}")
+            proc = subprocess.Popen(
+                ["sh", "-c", job.commands.map], cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out
+            )
+            assert proc.stdin is not None
+            stdin = proc.stdin
+
+            def feed() -> None:
+                try:
+                    for chunk in read_split(split, job.storage):
+                        stdin.write(chunk)
+                except BrokenPipeError:
+                    pass
+                finally:
+                    try:
+                        stdin.close()
+                    except BrokenPipeError:
+                        pass
+
+            feeder = threading.Thread(target=feed, daemon=True)
+            feeder.start()
+            code = proc.wait()
+            feeder.join()
+            return code
+        return _replay_reduce(job, doc, task, attempt, workdir, cwd, out)
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
+        if args.out:
+            out.close()
+
+
+def _replay_reduce(
+    job: Job, doc: dict[str, Any], task: state.Task, attempt: int, workdir: str, cwd: str, out: Any
+) -> int:
+    from kubemr.shim.reducer import run_urls
+
+    maps = state.entries(doc, "map")
+    if any(e.get("s") != state.DONE for e in maps):
+        raise RunError(f"{task.name} cannot be replayed before every map task is done.")
+    assert job.commands.reduce is not None
+    urls = run_urls(workdir, maps, task.index)
+    paths: list[str] = []
+    for i, url in enumerate(urls):
+        storage = job.storage(url)
+        local = storage.local_path(url)
+        if local is None or not os.path.exists(local):
+            if not storage.exists(url):
+                raise RunError(
+                    "the map outputs of this run were removed after it succeeded; set "
+                    "spec.keepIntermediate: true to replay reduce tasks."
+                )
+            local = os.path.join(cwd, f".run-{i:06d}")
+            with storage.open_read(url) as f, open(local, "wb") as dst:
+                shutil.copyfileobj(f, dst)
+        paths.append(local)
+    env = job.task_env(task, attempt, {"KUBEMR_PARTITION": str(task.index)})
+    _err(f"replaying {task.name} over {len(paths)} sorted run(s) in {cwd}")
+    listing = os.path.join(cwd, ".runs.lst")
+    with open(listing, "wb") as f:
+        f.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
+    merger = subprocess.Popen(
+        ["sort", "-m", f"--files0-from={listing}"],
+        env={**os.environ, "LC_ALL": "C"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    assert merger.stdout is not None
+    reducer = subprocess.Popen(
+        ["sh", "-c", job.commands.reduce], cwd=cwd, env=env, stdin=merger.stdout, stdout=out
+    )
+    merger.stdout.close()
+    code = reducer.wait()
+    merger.wait()
+    return code
+
+
+def cmd_shim(args: argparse.Namespace) -> int:
+    from kubemr.shim.worker import main as shim_main
+
+    return shim_main(shim_config.from_env())

@@ -1,0 +1,62 @@
+"""Where a job's data lives in storage: one function per kind of object.
+
+    <output>/part-r-00000 ...           results (part-m-NNNNN for map-only jobs)
+    <output>/_SUCCESS                   written last, after every part
+    <workdir>/plan-a<N>.json            the plan written by planning attempt N
+    <workdir>/data/<task>/a<N>/...      what attempt N of a task wrote (runs, parts, counters)
+    <workdir>/logs/<task>.a<N>.stderr   the stderr of attempt N of a task
+
+The workdir defaults to `<output>/_kubemr/<job uid>/` (names starting with
+`_` are skipped by readers, as in Hadoop). Every attempt writes under its
+own name, so a late or zombie attempt never overwrites the committed one.
+"""
+
+from __future__ import annotations
+
+from kubemr.state import Task
+from kubemr.storage import join
+
+SUCCESS = "_SUCCESS"
+
+
+def default_workdir(output: str, uid: str) -> str:
+    return join(output, "_kubemr", uid) + "/"
+
+
+def plan_url(workdir: str, attempt: int) -> str:
+    return join(workdir, f"plan-a{attempt}.json")
+
+
+def attempt_dir(workdir: str, task: Task, attempt: int) -> str:
+    return join(workdir, "data", task.name, f"a{attempt}") + "/"
+
+
+def data_root(workdir: str) -> str:
+    return join(workdir, "data") + "/"
+
+
+def map_run(workdir: str, task: Task, attempt: int, partition: int) -> str:
+    """Attempt `attempt` of map task `task`: its sorted run for `partition`."""
+    return join(attempt_dir(workdir, task, attempt), f"part-{partition:05d}")
+
+
+def result_name(task: Task) -> str:
+    """The file name a task's result gets in the output (map-only jobs: part-m)."""
+    kind = "m" if task.stage == "map" else "r"
+    return f"part-{kind}-{task.index:05d}"
+
+
+def task_result(workdir: str, task: Task, attempt: int) -> str:
+    return join(attempt_dir(workdir, task, attempt), result_name(task))
+
+
+def counters_url(workdir: str, task: Task, attempt: int) -> str:
+    return join(attempt_dir(workdir, task, attempt), "counters.json")
+
+
+def log_url(workdir: str, task: Task, attempt: int) -> str:
+    return join(workdir, "logs", f"{task.name}.a{attempt}.stderr")
+
+
+def output_url(output: str, name: str) -> str:
+    return join(output, name)

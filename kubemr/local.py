@@ -1,0 +1,288 @@
+"""Run a whole job on this machine: `kubemr run job.yaml`.
+
+The local mode is just another place to run, not a fork of the logic: it
+puts the job document in SQLite (`<run dir>/job.db`) and starts N processes
+of the same entrypoint pods run (`kubemr shim`), configured only through
+their environment. Like a Job controller, it restarts a worker that dies,
+and it shows progress until the job ends. Intermediate data stays on the
+local disk (`<run dir>/work/`); results go to `spec.output`, `--output`, or
+`<run dir>/output/`.
+
+Everything a user can get wrong (the manifest, a missing input, an output
+that already holds results) is checked before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubemr import layout, state
+from kubemr.errors import InputError, KubemrError, RunError, SpecError
+from kubemr.plan import classify, list_inputs
+from kubemr.progress import Progress
+from kubemr.spec import JobSpec, load_manifest, parse_manifest
+from kubemr.storage import storage_for, to_url
+from kubemr.storage.base import StorageConfig
+from kubemr.store.sqlite import SqliteStore
+
+WORKER_GRACE_SECONDS = 30.0
+POLL_SECONDS = 0.2
+
+
+def runs_home(env: Mapping[str, str] | None = None) -> str:
+    """Where runs live: $KUBEMR_HOME/runs, else $XDG_STATE_HOME/kubemr/runs."""
+    env = os.environ if env is None else env
+    if env.get("KUBEMR_HOME"):
+        return os.path.join(env["KUBEMR_HOME"], "runs")
+    state_home = env.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state_home, "kubemr", "runs")
+
+
+def find_run(name_or_dir: str) -> str:
+    """The run directory for a run name or a path; raises RunError if there is none."""
+    candidates = [name_or_dir, os.path.join(runs_home(), name_or_dir)]
+    for path in candidates:
+        if os.path.isfile(os.path.join(path, "job.db")):
+            return os.path.abspath(path)
+    raise RunError(
+        f"no local run named {name_or_dir!r} (looked in {runs_home()}); give a run name or the "
+        "run directory that `kubemr run` printed."
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A manifest made ready to run here: paths resolved, defaults chosen."""
+
+    manifest: dict[str, Any]
+    spec: JobSpec
+    name: str
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError as exc:
+        raise SpecError(
+            f"{path} does not exist; give the path of a MapReduceJob manifest."
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}.") from exc
+    return load_manifest(text, path)
+
+
+def resolve_input(item: str, base: str) -> str:
+    """A path (absolute, ./relative, ~, or existing relative to the manifest) becomes file://."""
+    if classify(item) is not None:
+        return to_url(item, base) if item.startswith("/") else item
+    if item.startswith(("./", "../", "~")) or os.path.exists(os.path.join(base, item)):
+        return to_url(item, base)
+    return item
+
+
+def prepare(path: str, output: str | None, env: Mapping[str, str]) -> Prepared:
+    """Parse and validate a manifest for a local run; resolve paths against its directory."""
+    raw = read_manifest(path)
+    spec = parse_manifest(raw)
+    base = os.path.dirname(os.path.abspath(path))
+    if not spec.map and not env.get("KUBEMR_MAP"):
+        raise SpecError(
+            f"{path}: spec.map is missing (and KUBEMR_MAP is not set); give a map command."
+        )
+    manifest = dict(raw)
+    new_spec = dict(raw["spec"])
+    new_spec["inputs"] = [resolve_input(i, base) for i in spec.inputs]
+    if output is not None:
+        new_spec["output"] = to_url(output, os.getcwd())
+    elif spec.output is not None:
+        new_spec["output"] = to_url(spec.output, base)
+    manifest["spec"] = new_spec
+    meta = dict(raw.get("metadata") or {})
+    name = meta.get("name") or f"{meta.get('generateName') or 'job-'}{_suffix()}"
+    manifest["metadata"] = {k: v for k, v in meta.items() if k != "generateName"} | {"name": name}
+    return Prepared(manifest, parse_manifest(manifest), str(name))
+
+
+def _suffix() -> str:
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(secrets.choice(alphabet) for _ in range(5))
+
+
+def check_inputs(spec: JobSpec) -> int:
+    """List every input now, so a missing or unreachable one stops the run before it starts."""
+    config = StorageConfig(spec.storage.endpoint, spec.storage.region)
+    found = list_inputs(spec.inputs, lambda url: storage_for(url, config).list(url))
+    return len(found)
+
+
+def check_output(output: str, spec: JobSpec) -> None:
+    storage = storage_for(output, StorageConfig(spec.storage.endpoint, spec.storage.region))
+    for name in (layout.SUCCESS, "part-r-00000", "part-m-00000"):
+        if storage.exists(layout.output_url(output, name)):
+            raise InputError(
+                f"the output {output} already holds results ({name}); remove them or give "
+                "another --output."
+            )
+
+
+class LocalRun:
+    """One run directory: its store, its worker processes, its progress."""
+
+    def __init__(self, run_dir: str, workers: int, quiet: bool = False) -> None:
+        self.run_dir = run_dir
+        self.workers = workers
+        self.quiet = quiet
+        self.store = SqliteStore(os.path.join(run_dir, "job.db"))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.generation = uuid.uuid4().hex[:6]
+        self.spawned = 0
+        self.interrupted = False
+
+    @staticmethod
+    def create(prep: Prepared, run_dir: str) -> None:
+        """Write the run directory and the job document (phase Pending)."""
+        os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+        doc = dict(prep.manifest)
+        meta = dict(doc["metadata"])
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta["creationTimestamp"] = state.iso(time.time())
+        doc["metadata"] = meta
+        spec = dict(doc["spec"])
+        spec.setdefault("output", to_url(os.path.join(run_dir, "output"), run_dir))
+        doc["spec"] = spec
+        doc["status"] = {"phase": "Pending"}
+        SqliteStore.create(os.path.join(run_dir, "job.db"), doc).close()
+
+    def _spawn(self, slot: int) -> None:
+        self.spawned += 1
+        env = dict(os.environ)
+        env.update(
+            {
+                "KUBEMR_STORE": "sqlite://" + os.path.join(self.run_dir, "job.db"),
+                "KUBEMR_WORKER_ID": f"w{slot}-{self.generation}-{self.spawned}",
+                "KUBEMR_SCRATCH": os.path.join(self.run_dir, "scratch", f"w{slot}"),
+                "KUBEMR_WORKDIR": to_url(os.path.join(self.run_dir, "work"), self.run_dir) + "/",
+                "KUBEMR_PARENT_PID": str(os.getpid()),
+            }
+        )
+        log_path = os.path.join(self.run_dir, "logs", f"worker-{slot}.log")
+        with open(log_path, "ab") as log:
+            self.procs[slot] = subprocess.Popen(
+                [sys.executable, "-m", "kubemr", "shim"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def reclaim(self) -> None:
+        """On resume: hand back the tasks held by workers of an earlier `kubemr run`."""
+        doc = self.store.get()
+        for stage in ("plan", "map", "reduce", "publish"):
+            tasks = (
+                [state.Task(stage)]
+                if stage in state.SINGLE_STAGES
+                else [state.Task(stage, i) for i in range(len(state.entries(doc, stage)))]
+            )
+            for task in tasks:
+                entry = state.entry_of(doc, task)
+                if (
+                    entry
+                    and entry.get("s") == state.RUNNING
+                    and state.phase_of(doc) == state.STAGE_PHASE[stage]
+                ):
+                    try:
+                        self.store.patch(state.release(task, entry))
+                    except KubemrError:
+                        pass
+
+    def run(self) -> dict[str, Any]:
+        """Start the workers and wait until the job ends; returns the final document."""
+        self.reclaim()
+        previous = {
+            signum: signal.signal(signum, self._interrupt)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        progress = Progress() if not self.quiet else None
+        restarts_left = 3 * self.workers
+        try:
+            for slot in range(self.workers):
+                self._spawn(slot)
+            while True:
+                doc = self.store.get()
+                if progress is not None:
+                    progress.update(doc)
+                if state.phase_of(doc) in state.TERMINAL:
+                    break
+                if self.interrupted:
+                    raise KeyboardInterrupt
+                for slot, proc in list(self.procs.items()):
+                    code = proc.poll()
+                    if code is None or code == 0:
+                        continue
+                    if code == 2 or restarts_left <= 0:
+                        self._fail(
+                            f"worker processes keep failing (last exit code {code}); see "
+                            f"{os.path.join(self.run_dir, 'logs')}"
+                        )
+                        break
+                    restarts_left -= 1
+                    self._spawn(slot)
+                time.sleep(POLL_SECONDS)
+        finally:
+            if progress is not None:
+                progress.finish()
+            self._stop_workers(WORKER_GRACE_SECONDS if not self.interrupted else 10.0)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.store.get()
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        self.interrupted = True
+
+    def _fail(self, message: str) -> None:
+        doc = self.store.get()
+        phase = state.phase_of(doc)
+        if phase in state.TERMINAL or phase is None:
+            return
+        try:
+            self.store.patch(
+                [
+                    {"op": "test", "path": "/status/phase", "value": phase},
+                    {"op": "replace", "path": "/status/phase", "value": state.FAILED_PHASE},
+                    {"op": "add", "path": "/status/message", "value": message},
+                ]
+            )
+        except KubemrError:
+            pass
+
+    def _stop_workers(self, grace: float) -> None:
+        """Workers exit by themselves once the job ends; stop any that linger."""
+        deadline = time.monotonic() + (grace if not self.interrupted else 0)
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
+            time.sleep(0.05)
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            alive = [p for p in self.procs.values() if p.poll() is None]
+            if not alive:
+                return
+            for p in alive:
+                try:
+                    os.killpg(p.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            end = time.monotonic() + wait
+            while time.monotonic() < end and any(p.poll() is None for p in alive):
+                time.sleep(0.05)

@@ -1,0 +1,113 @@
+"""One attempt of one task on this worker: its scratch space, log and stop conditions.
+
+Each attempt gets a fresh scratch directory (`cwd/` holds the job's files
+and is the commands' working directory; `out/` holds what it will upload;
+`tmp/` is for sort spills) that is removed when the attempt ends, whatever
+the outcome. The stderr log of every process of the attempt is collected in
+one `StderrLog`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubemr.errors import TaskFailed
+from kubemr.shim.job import Job
+from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered
+from kubemr.state import Task
+
+
+@dataclass
+class Attempt:
+    """The context of one running attempt."""
+
+    job: Job
+    task: Task
+    number: int
+    root: str
+    watch: Watch
+    log: StderrLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        for sub in ("cwd", "out", "tmp"):
+            os.makedirs(os.path.join(self.root, sub))
+        self.job.write_files(self.cwd)
+        os.makedirs(self.registry, exist_ok=True)
+        self.log = StderrLog(os.path.join(self.root, "stderr.log"))
+
+    @property
+    def cwd(self) -> str:
+        return os.path.join(self.root, "cwd")
+
+    @property
+    def registry(self) -> str:
+        """Where this worker records its commands' process groups (see `kill_registered`)."""
+        return os.path.join(self.job.config.scratch, "pgids")
+
+    def proc(
+        self, label: str, argv: list[str], env: dict[str, str], stdin: Any, stdout: Any
+    ) -> Proc:
+        """Start one process of this attempt in the command directory."""
+        return Proc(
+            label,
+            argv,
+            cwd=self.cwd,
+            env=env,
+            stdin=stdin,
+            stdout=stdout,
+            log=self.log,
+            registry=self.registry,
+        )
+
+    @property
+    def out(self) -> str:
+        return os.path.join(self.root, "out")
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.root, "tmp")
+
+    def sort_argv(self, *extra: str) -> list[str]:
+        """GNU sort, bytewise on whole lines, spilling to this attempt's tmp directory."""
+        return ["sort", "-S", self.job.config.sort_memory, "-T", self.tmp, *extra]
+
+    def sort_env(self) -> dict[str, str]:
+        env = dict(self.job.config.base_env)
+        env["LC_ALL"] = "C"
+        return env
+
+    def check(self, proc: Proc, what: str) -> None:
+        """Raise TaskFailed if `proc` did not exit 0, quoting the tail of its stderr."""
+        code = proc.popen.returncode
+        if code == 0:
+            return
+        how = f"exited with code {code}" if code > 0 else f"was killed by signal {-code}"
+        tail = self.log.tail_text(proc.label)
+        detail = f"; stderr ends with:\n{tail}" if tail else " with no stderr output"
+        raise TaskFailed(f"the {what} {how}{detail}")
+
+    def cleanup(self) -> None:
+        kill_registered(self.registry)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Failure:
+    """An error raised in a helper thread, kept for the main thread to report."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def record(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+
+    def raise_if_any(self) -> None:
+        if self.error is not None:
+            raise self.error

@@ -1,0 +1,90 @@
+"""The shim's settings, read from the environment once, at the entrypoint.
+
+A worker (a pod on a cluster, a child process of `kubemr run` here) is
+configured only through its environment, so the same entrypoint runs in
+both places. Nothing else in the shim reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from kubemr.errors import KubemrError
+
+DEFAULT_LEASE_SECONDS = 30
+DEFAULT_POLL_SECONDS = 1.0
+DEFAULT_SORT_MEMORY = "256M"
+
+
+class ConfigError(KubemrError):
+    """The shim's environment is incomplete or malformed."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ShimConfig:
+    """Everything a worker needs besides the job document."""
+
+    store_url: str
+    worker_id: str
+    scratch: str
+    workdir: str | None = None
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    sort_memory: str = DEFAULT_SORT_MEMORY
+    map_command: str | None = None
+    combine_command: str | None = None
+    reduce_command: str | None = None
+    parent_pid: int | None = None
+    #: The environment user commands inherit (before KUBEMR_* task variables are added).
+    base_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def _number(env: Mapping[str, str], name: str, default: float, low: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}.") from exc
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low:g}, got {raw!r}.")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None) -> ShimConfig:
+    """Build the configuration from `env` (the process environment by default)."""
+    env = dict(os.environ if env is None else env)
+    store = env.get("KUBEMR_STORE")
+    if not store:
+        raise ConfigError(
+            "KUBEMR_STORE is not set; the shim is started by `kubemr run` or by the operator, "
+            "which point it at the job (sqlite:///path/job.db or kube://namespace/name)."
+        )
+    worker = env.get("KUBEMR_WORKER_ID") or (
+        f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    )
+    scratch = env.get("KUBEMR_SCRATCH") or os.path.join(tempfile.gettempdir(), f"kubemr-{worker}")
+    parent = env.get("KUBEMR_PARENT_PID")
+    passed = {k: v for k, v in env.items() if not k.startswith("KUBEMR_")}
+    return ShimConfig(
+        store_url=store,
+        worker_id=worker,
+        scratch=scratch,
+        workdir=env.get("KUBEMR_WORKDIR") or None,
+        lease_seconds=int(_number(env, "KUBEMR_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 2)),
+        poll_seconds=_number(env, "KUBEMR_POLL_SECONDS", DEFAULT_POLL_SECONDS, 0.01),
+        sort_memory=env.get("KUBEMR_SORT_MEMORY") or DEFAULT_SORT_MEMORY,
+        map_command=env.get("KUBEMR_MAP") or None,
+        combine_command=env.get("KUBEMR_COMBINE") or None,
+        reduce_command=env.get("KUBEMR_REDUCE") or None,
+        parent_pid=int(parent) if parent and parent.isdigit() else None,
+        base_env=passed,
+    )

@@ -1,0 +1,56 @@
+"""The planning task: list the inputs, cut splits, store the plan.
+
+Whichever worker wins the claim plans, as in the original kubemr; the
+operator never needs storage credentials. The plan (the split list, which
+can be large) is stored in the job's workdir under the attempt's own name,
+and only its URL and the task count go into the job document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubemr import layout
+from kubemr.errors import InputError
+from kubemr.plan import dump_plan, plan_splits
+from kubemr.shim.job import Job
+
+
+@dataclass(frozen=True)
+class Planned:
+    tasks: int
+    plan_url: str
+    workdir: str
+    partitions: int
+
+
+def check_output_free(job: Job) -> None:
+    """Refuse to write into an output that already holds results (as Hadoop does)."""
+    output = job.output
+    storage = job.storage(output)
+    for name in (layout.SUCCESS, "part-r-00000", "part-m-00000"):
+        if storage.exists(layout.output_url(output, name)):
+            raise InputError(
+                f"the output {output} already holds results ({name}); remove them or choose "
+                "another output."
+            )
+
+
+def run_plan(job: Job, doc: dict[str, Any], attempt: int) -> Planned:
+    check_output_free(job)
+    splits = plan_splits(
+        job.spec.inputs, lambda url: job.storage(url).list(url), job.spec.split_size
+    )
+    workdir = job.workdir(doc)
+    url = layout.plan_url(workdir, attempt)
+    extra = {
+        "commands": {
+            "map": job.commands.map,
+            "combine": job.commands.combine,
+            "reduce": job.commands.reduce,
+        },
+        "partitions": job.partitions,
+    }
+    job.storage(url).put_bytes(dump_plan(splits, extra), url)
+    return Planned(len(splits), url, workdir, job.partitions)

@@ -1,0 +1,106 @@
+"""A reduce task: k-way merge of every map task's sorted run -> reduce command -> part-r-NNNNN.
+
+`sort -m` (GNU sort, bytewise) merges the runs, spilling to disk when there
+are more than it can open at once, and streams straight into the reduce
+command's stdin through an OS pipe. Runs on the local disk are read where
+they are; runs in remote storage are first fetched to scratch, several at a
+time, streaming to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubemr import layout
+from kubemr.shim.attempt import Attempt
+from kubemr.shim.process import Proc, shell, wait_all
+from kubemr.state import Task
+from kubemr.storage.base import Storage
+
+FETCH_THREADS = 8
+
+
+def run_urls(workdir: str, map_entries: Sequence[Mapping[str, Any]], partition: int) -> list[str]:
+    """The committed sorted run of every map task for `partition`, in map task order."""
+    return [
+        layout.map_run(workdir, Task("map", i), int(e["a"]), partition)
+        for i, e in enumerate(map_entries)
+    ]
+
+
+def local_runs(att: Attempt, urls: list[str]) -> list[str]:
+    """Local paths of the runs, fetching those that are not on this disk."""
+    paths: list[str | None] = [att.job.storage(u).local_path(u) for u in urls]
+    missing = [i for i, p in enumerate(paths) if p is None]
+    if missing:
+        fetch_dir = os.path.join(att.root, "runs")
+        os.makedirs(fetch_dir, exist_ok=True)
+
+        def fetch(i: int) -> None:
+            att.watch.check()
+            target = os.path.join(fetch_dir, f"{i:06d}")
+            fetch_to(att.job.storage(urls[i]), urls[i], target)
+            paths[i] = target
+
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            list(pool.map(fetch, missing))
+    return [p for p in paths if p is not None]
+
+
+def fetch_to(storage: Storage, url: str, path: str) -> None:
+    with storage.open_read(url) as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
+def merge_argv(att: Attempt, runs: list[str]) -> list[str]:
+    """`sort -m` over the runs, named through a NUL-separated list (no argv length limit)."""
+    listing = os.path.join(att.root, "runs.lst")
+    with open(listing, "wb") as f:
+        f.write(b"".join(os.fsencode(r) + b"\0" for r in runs))
+    return att.sort_argv("-m", f"--files0-from={listing}")
+
+
+def run_reduce(att: Attempt, workdir: str, map_entries: Sequence[Mapping[str, Any]]) -> bool:
+    """Run one reduce attempt and store its part; returns whether it reported counters."""
+    job = att.job
+    reduce_cmd = job.commands.reduce
+    assert reduce_cmd is not None
+    partition = att.task.index
+    env = job.task_env(att.task, att.number, {"KUBEMR_PARTITION": str(partition)})
+    runs = local_runs(att, run_urls(workdir, map_entries, partition))
+    local = os.path.join(att.out, layout.result_name(att.task))
+    procs: list[Proc] = []
+    with open(local, "wb") as out:
+        if runs:
+            merger = att.proc(
+                "merge (sort -m)",
+                merge_argv(att, runs),
+                att.sort_env(),
+                subprocess.DEVNULL,
+                subprocess.PIPE,
+            )
+            assert merger.popen.stdout is not None
+            reducer = att.proc("reduce command", shell(reduce_cmd), env, merger.popen.stdout, out)
+            merger.popen.stdout.close()
+            procs = [reducer, merger]
+        else:
+            reducer = att.proc("reduce command", shell(reduce_cmd), env, subprocess.DEVNULL, out)
+            procs = [reducer]
+    try:
+        wait_all(procs, att.watch)
+    finally:
+        att.log.close()
+    for proc in procs:
+        att.check(proc, proc.label)
+    url = layout.task_result(workdir, att.task, att.number)
+    job.storage(url).put_file(local, url)
+    if att.log.counters:
+        curl = layout.counters_url(workdir, att.task, att.number)
+        job.storage(curl).put_bytes(json.dumps(att.log.counters).encode(), curl)
+    return bool(att.log.counters)

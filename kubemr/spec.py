@@ -1,0 +1,498 @@
+"""The MapReduceJob manifest: parse, apply defaults, validate.
+
+One function, `parse_manifest`, turns the YAML a user wrote (the same file
+`kubectl create -f` takes) into a frozen `JobSpec`, or raises `SpecError`
+with one sentence naming the field, what is expected and what was found.
+It is pure: it reads no files and no environment, so the CLI, the shim and
+the operator judge a manifest the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kubemr.errors import SpecError
+
+API_VERSION = "kubemr.io/v1alpha1"
+KIND = "MapReduceJob"
+
+DEFAULT_SPLIT_SIZE = 32 * 1024 * 1024
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TASK_TIMEOUT = 3600
+
+MAX_REPLICAS = 1000
+MAX_PARTITIONS = 10000
+MAX_ATTEMPTS = 100
+MAX_TASK_TIMEOUT = 7 * 24 * 3600
+MIN_SPLIT_SIZE = 1024
+MAX_SPLIT_SIZE = 64 * 1024**3
+MAX_FILES_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB, with metadata
+MAX_INPUTS = 100000
+
+SPEC_FIELDS = (
+    "replicas",
+    "inputs",
+    "map",
+    "combine",
+    "reduce",
+    "partitions",
+    "files",
+    "env",
+    "output",
+    "storage",
+    "image",
+    "template",
+    "splitSize",
+    "maxAttempts",
+    "taskTimeoutSeconds",
+    "separator",
+    "keyFields",
+    "keepIntermediate",
+    "ttlSecondsAfterFinished",
+)
+STORAGE_FIELDS = ("endpoint", "region", "secretName")
+METADATA_FIELDS = (
+    "name",
+    "generateName",
+    "namespace",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "ownerReferences",
+    "finalizers",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+)
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_FILE_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_QUANTITY = re.compile(r"^\s*(\d+)\s*([KMGT]i?|[kmgt]i?|)[Bb]?\s*$")
+_UNITS = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
+
+KNOWN_SCHEMES = ("s3", "file", "http", "https")
+OUTPUT_SCHEMES = ("s3", "file")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """`spec.storage`: where S3 is and which Secret holds its credentials (cluster)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    secret_name: str | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated MapReduceJob, with defaults applied."""
+
+    name: str | None
+    generate_name: str | None
+    namespace: str | None
+    inputs: tuple[str, ...]
+    map: str | None
+    combine: str | None
+    reduce: str | None
+    partitions: int
+    replicas: int
+    files: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    output: str | None = None
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    image: str | None = None
+    template: Mapping[str, Any] | None = None
+    split_size: int = DEFAULT_SPLIT_SIZE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    task_timeout: int = DEFAULT_TASK_TIMEOUT
+    separator: str = "\t"
+    key_fields: int = 1
+    keep_intermediate: bool = False
+    ttl_seconds_after_finished: int | None = None
+
+
+def load_manifest(text: str, source: str = "the manifest") -> dict[str, Any]:
+    """Parse YAML text into the manifest mapping; one document only."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "it is not valid YAML"
+        raise SpecError(f"{source} is not valid YAML{where}: {problem}.") from exc
+    if not docs:
+        raise SpecError(f"{source} is empty; expected a MapReduceJob manifest.")
+    if len(docs) > 1:
+        raise SpecError(
+            f"{source} holds {len(docs)} YAML documents; put one MapReduceJob per file."
+        )
+    doc = docs[0]
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source} must be a mapping (apiVersion, kind, metadata, spec).")
+    return doc
+
+
+def parse_manifest(doc: Mapping[str, Any]) -> JobSpec:
+    """Validate a manifest mapping and return its `JobSpec`."""
+    if not isinstance(doc, Mapping):
+        raise SpecError("the manifest must be a mapping with apiVersion, kind, metadata and spec.")
+    api = doc.get("apiVersion")
+    if api != API_VERSION:
+        raise SpecError(f"apiVersion must be {API_VERSION!r}, got {api!r}.")
+    kind = doc.get("kind")
+    if kind != KIND:
+        raise SpecError(f"kind must be {KIND!r}, got {kind!r}.")
+    _unknown(doc, ("apiVersion", "kind", "metadata", "spec", "status"), "")
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, Mapping):
+        raise SpecError("metadata must be a mapping.")
+    _unknown(meta, METADATA_FIELDS, "metadata.")
+    name = _opt_str(meta, "name", "metadata.")
+    generate_name = _opt_str(meta, "generateName", "metadata.")
+    namespace = _opt_str(meta, "namespace", "metadata.")
+    if name is not None:
+        _dns_label(name, "metadata.name", 63)
+    if generate_name is not None and (
+        not generate_name
+        or len(generate_name) > 58
+        or not _DNS_LABEL.match(generate_name.rstrip("-") or "x")
+    ):
+        raise SpecError(
+            "metadata.generateName must be a DNS label prefix of at most 58 characters "
+            f"(lowercase letters, digits and '-'), got {generate_name!r}."
+        )
+    if namespace is not None:
+        _dns_label(namespace, "metadata.namespace", 63)
+    spec = doc.get("spec")
+    if spec is None:
+        raise SpecError("spec is missing; a MapReduceJob needs at least spec.inputs and spec.map.")
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec must be a mapping.")
+    return parse_spec(spec, name=name, generate_name=generate_name, namespace=namespace)
+
+
+def parse_spec(
+    spec: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    generate_name: str | None = None,
+    namespace: str | None = None,
+) -> JobSpec:
+    """Validate the `spec` mapping of a MapReduceJob."""
+    _unknown(spec, SPEC_FIELDS, "spec.")
+    inputs = _inputs(spec.get("inputs"))
+    map_cmd = _command(spec, "map")
+    combine = _command(spec, "combine")
+    reduce = _command(spec, "reduce")
+    if combine is not None and reduce is None and map_cmd is not None:
+        raise SpecError(
+            "spec.combine needs spec.reduce: a combiner only runs before a reduce step."
+        )
+    partitions = _int(spec, "partitions", 1, 1, MAX_PARTITIONS)
+    if "partitions" in spec and reduce is None and map_cmd is not None:
+        raise SpecError(
+            "spec.partitions is set but spec.reduce is not; a map-only job has no partitions "
+            "(remove spec.partitions or add spec.reduce)."
+        )
+    replicas = _int(spec, "replicas", 1, 1, MAX_REPLICAS)
+    files = _files(spec.get("files"))
+    env = _env(spec.get("env"))
+    output = _opt_str(spec, "output", "spec.")
+    if output is not None:
+        _output(output)
+    storage = _storage(spec.get("storage"))
+    image = _opt_str(spec, "image", "spec.")
+    if image is not None and not image.strip():
+        raise SpecError("spec.image must not be empty.")
+    template = spec.get("template")
+    if template is not None and not isinstance(template, Mapping):
+        raise SpecError("spec.template must be a PodTemplateSpec mapping.")
+    split_size = _size(spec.get("splitSize"))
+    max_attempts = _int(spec, "maxAttempts", DEFAULT_MAX_ATTEMPTS, 1, MAX_ATTEMPTS)
+    task_timeout = _int(spec, "taskTimeoutSeconds", DEFAULT_TASK_TIMEOUT, 1, MAX_TASK_TIMEOUT)
+    separator = _opt_str(spec, "separator", "spec.")
+    if separator is None:
+        separator = "\t"
+    if len(separator.encode()) != 1 or separator == "\n":
+        raise SpecError(
+            "spec.separator must be a single one-byte character other than newline, "
+            f"got {separator!r}."
+        )
+    key_fields = _int(spec, "keyFields", 1, 1, 100)
+    keep = spec.get("keepIntermediate", False)
+    if not isinstance(keep, bool):
+        raise SpecError(f"spec.keepIntermediate must be true or false, got {keep!r}.")
+    ttl: int | None = None
+    if spec.get("ttlSecondsAfterFinished") is not None:
+        ttl = _int(spec, "ttlSecondsAfterFinished", 0, 0, 365 * 24 * 3600)
+    return JobSpec(
+        name=name,
+        generate_name=generate_name,
+        namespace=namespace,
+        inputs=inputs,
+        map=map_cmd,
+        combine=combine,
+        reduce=reduce,
+        partitions=partitions,
+        replicas=replicas,
+        files=files,
+        env=env,
+        output=output,
+        storage=storage,
+        image=image,
+        template=dict(template) if template is not None else None,
+        split_size=split_size,
+        max_attempts=max_attempts,
+        task_timeout=task_timeout,
+        separator=separator,
+        key_fields=key_fields,
+        keep_intermediate=keep,
+        ttl_seconds_after_finished=ttl,
+    )
+
+
+def scheme_of(url: str) -> str | None:
+    """The lower-case scheme of `scheme://...`, or None for anything else."""
+    m = _SCHEME.match(url)
+    return m.group(1).lower() if m else None
+
+
+def _unknown(obj: Mapping[str, Any], known: tuple[str, ...], prefix: str) -> None:
+    for key in obj:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            tip = (
+                f"; did you mean {prefix}{hint[0]}?"
+                if hint
+                else f"; known fields: {', '.join(known)}."
+            )
+            raise SpecError(f"{prefix}{key} is not a known field{tip}".rstrip(".") + ".")
+
+
+def _opt_str(obj: Mapping[str, Any], key: str, prefix: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"{prefix}{key} must be a string, got {_describe(value)}.")
+    return value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {value!r}".lower()
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {text!r}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _dns_label(value: str, where: str, limit: int) -> None:
+    if len(value) > limit or not _DNS_LABEL.match(value):
+        raise SpecError(
+            f"{where} must be a DNS label of at most {limit} characters (lowercase letters, digits "
+            f"and '-', starting and ending with a letter or digit), got {value!r}."
+        )
+
+
+def _int(obj: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(
+            f"spec.{key} must be an integer from {low} to {high}, got {_describe(value)}."
+        )
+    if not low <= value <= high:
+        raise SpecError(f"spec.{key} must be an integer from {low} to {high}, got {value}.")
+    return value
+
+
+def _size(value: Any) -> int:
+    if value is None:
+        return DEFAULT_SPLIT_SIZE
+    if isinstance(value, bool):
+        raise SpecError(f"spec.splitSize must be a size in bytes such as 64Mi, got {value!r}.")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _QUANTITY.match(value)):
+        size = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    else:
+        raise SpecError(
+            "spec.splitSize must be a size in bytes such as 67108864 or 64Mi, "
+            f"got {_describe(value)}."
+        )
+    if not MIN_SPLIT_SIZE <= size <= MAX_SPLIT_SIZE:
+        raise SpecError(
+            f"spec.splitSize must be between 1Ki and 64Gi, got {value!r} ({size} bytes)."
+        )
+    return size
+
+
+def _inputs(value: Any) -> tuple[str, ...]:
+    if value is None:
+        raise SpecError(
+            "spec.inputs is missing; list at least one input (a path, s3://, http(s):// URL, "
+            "or any string for the map command)."
+        )
+    if isinstance(value, str):
+        raise SpecError(
+            "spec.inputs must be a list of strings; write it as `inputs: [" + value + "]`."
+        )
+    if not isinstance(value, list):
+        raise SpecError(f"spec.inputs must be a list of strings, got {_describe(value)}.")
+    if not value:
+        raise SpecError("spec.inputs is empty; list at least one input.")
+    if len(value) > MAX_INPUTS:
+        raise SpecError(f"spec.inputs has {len(value)} entries; at most {MAX_INPUTS} are allowed.")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise SpecError(f"spec.inputs[{i}] must be a string, got {_describe(item)}.")
+        if not item.strip():
+            raise SpecError(f"spec.inputs[{i}] is empty; remove it or give an input.")
+        if "\n" in item or "\x00" in item:
+            raise SpecError(
+                f"spec.inputs[{i}] contains a newline or NUL byte; inputs are one line each."
+            )
+        scheme = scheme_of(item)
+        if scheme is not None and scheme not in KNOWN_SCHEMES:
+            raise SpecError(
+                f"spec.inputs[{i}] has the unknown scheme {scheme}://; use s3://, http(s)://, "
+                "file:// or a path, or a string without '://' to pass it to the map command as-is."
+            )
+        out.append(item)
+    return tuple(out)
+
+
+def _command(spec: Mapping[str, Any], key: str) -> str | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(
+            f"spec.{key} must be a shell command string (run with sh -c), got {_describe(value)}."
+        )
+    if not value.strip():
+        raise SpecError(f"spec.{key} is empty; give a shell command or remove the field.")
+    if "\x00" in value:
+        raise SpecError(f"spec.{key} contains a NUL byte.")
+    return value
+
+
+def _files(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f"spec.files must be a mapping of file name to text, got {_describe(value)}."
+        )
+    total = 0
+    out: dict[str, str] = {}
+    for key, text in value.items():
+        if not isinstance(key, str) or not _FILE_KEY.match(key) or key in (".", ".."):
+            raise SpecError(
+                f"spec.files key {key!r} is not a plain file name; use letters, digits, '-', '_' "
+                "and '.' only (no '/' or '..')."
+            )
+        if not isinstance(text, str):
+            raise SpecError(f"spec.files.{key} must be text, got {_describe(text)}.")
+        if "\x00" in text:
+            raise SpecError(f"spec.files.{key} contains a NUL byte; files must be text.")
+        total += len(key) + len(text.encode())
+        out[key] = text
+    if total > MAX_FILES_BYTES:
+        raise SpecError(
+            f"spec.files holds {total} bytes, more than the {MAX_FILES_BYTES} a job can ship; "
+            "put large files in storage and read them from there."
+        )
+    return out
+
+
+def _env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"spec.env must be a mapping of NAME: value, got {_describe(value)}.")
+    out: dict[str, str] = {}
+    for key, text in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise SpecError(f"spec.env name {key!r} is not a valid environment variable name.")
+        if key.startswith("KUBEMR_"):
+            raise SpecError(
+                f"spec.env name {key} is reserved; KUBEMR_* variables are set by kubemr."
+            )
+        if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+            raise SpecError(f"spec.env.{key} must be a string, got {_describe(text)}.")
+        out[key] = str(text)
+    return out
+
+
+def _output(value: str) -> None:
+    if not value.strip():
+        raise SpecError("spec.output is empty; give a directory, file:// or s3:// URL.")
+    scheme = scheme_of(value)
+    if scheme is not None and scheme not in OUTPUT_SCHEMES:
+        raise SpecError(
+            f"spec.output has the scheme {scheme}://, which cannot be written; use s3://, file:// "
+            "or a directory path."
+        )
+    path = value.split("://", 1)[-1]
+    if ".." in path.split("/"):
+        raise SpecError(f"spec.output must not contain '..', got {value!r}.")
+    if scheme == "s3" and not path.split("/", 1)[0]:
+        raise SpecError(f"spec.output {value!r} names no bucket; write s3://bucket/prefix/.")
+
+
+def _storage(value: Any) -> StorageSpec:
+    if value is None:
+        return StorageSpec()
+    if not isinstance(value, Mapping):
+        raise SpecError(f"spec.storage must be a mapping, got {_describe(value)}.")
+    _unknown(value, STORAGE_FIELDS, "spec.storage.")
+    endpoint = _opt_str(value, "endpoint", "spec.storage.")
+    if endpoint is not None and scheme_of(endpoint) not in ("http", "https"):
+        raise SpecError(
+            f"spec.storage.endpoint must be an http:// or https:// URL, got {endpoint!r}."
+        )
+    secret = _opt_str(value, "secretName", "spec.storage.")
+    if secret is not None and (
+        len(secret) > 253 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", secret)
+    ):
+        raise SpecError(
+            "spec.storage.secretName must be a Secret name (a lowercase DNS subdomain), "
+            f"got {secret!r}."
+        )
+    return StorageSpec(
+        endpoint=endpoint,
+        region=_opt_str(value, "region", "spec.storage."),
+        secret_name=secret,
+    )

@@ -1,0 +1,17 @@
+"""Stores of the job document, chosen by URL: `sqlite:///path/job.db` (local) or `kube://ns/name`."""
+
+from __future__ import annotations
+
+from kubemr.errors import StoreError
+from kubemr.store.base import Doc, Store
+
+__all__ = ["Doc", "Store", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    """Open the store a worker was pointed at through KUBEMR_STORE."""
+    if url.startswith("sqlite://"):
+        from kubemr.store.sqlite import SqliteStore
+
+        return SqliteStore(url.removeprefix("sqlite://"))
+    raise StoreError(f"unknown job store {url!r}; expected sqlite:///path/to/job.db.")

@@ -1,0 +1,93 @@
+"""The local store: the job document in one SQLite row.
+
+`kubemr run` keeps the document in `<run dir>/job.db`; every worker process
+opens it and applies JSON patches inside one `BEGIN IMMEDIATE` transaction,
+so patches from many processes are serialised and each one applies whole or
+not at all, as on kube-apiserver. A failed `test` raises `Conflict`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+
+from kubemr.errors import Conflict, JobNotFound, StoreError
+from kubemr.store.base import Doc, Store
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS job (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL)"
+)
+
+
+class SqliteStore(Store):
+    """A job document in a SQLite database file, shared by the processes of one run."""
+
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the job database {path}: {exc}.") from exc
+
+    @classmethod
+    def create(cls, path: str, doc: Doc) -> SqliteStore:
+        """Create the database with its one document; refuses if it already holds one."""
+        store = cls(path)
+        try:
+            store._db.execute("INSERT INTO job (id, doc) VALUES (1, ?)", (json.dumps(doc),))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"{path} already holds a job.") from exc
+        return store
+
+    def get(self) -> Doc:
+        row = self._query()
+        if row is None:
+            raise JobNotFound(f"{self.path} holds no job.")
+        doc: Doc = json.loads(row)
+        return doc
+
+    def _query(self) -> str | None:
+        for attempt in range(20):
+            try:
+                row = self._db.execute("SELECT doc FROM job WHERE id = 1").fetchone()
+                return None if row is None else str(row[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 19:
+                    raise StoreError(f"cannot read the job database {self.path}: {exc}.") from exc
+                time.sleep(0.05)
+        return None
+
+    def patch(self, ops: list[dict[str, Any]]) -> Doc:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot lock the job database {self.path}: {exc}.") from exc
+        try:
+            row = self._db.execute("SELECT doc FROM job WHERE id = 1").fetchone()
+            if row is None:
+                raise JobNotFound(f"{self.path} holds no job.")
+            doc = json.loads(row[0])
+            try:
+                new = jsonpatch.apply_patch(doc, ops, in_place=True)
+            except jsonpatch.JsonPatchTestFailed as exc:
+                raise Conflict(f"the job changed under us: {exc}") from exc
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+                raise Conflict(f"the patch does not apply to the current job: {exc}") from exc
+            self._db.execute("UPDATE job SET doc = ? WHERE id = 1", (json.dumps(new),))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        result: Doc = new
+        return result
+
+    def close(self) -> None:
+        self._db.close()
