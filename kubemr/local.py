@@ -163,7 +163,16 @@ class LocalRun:
         spec.setdefault("output", to_url(os.path.join(run_dir, "output"), run_dir))
         doc["spec"] = spec
         doc["status"] = {"phase": "Pending"}
-        SqliteStore.create(os.path.join(run_dir, "job.db"), doc).close()
+        # Build the database aside and rename it into place, so job.db is whole or absent.
+        path = os.path.join(run_dir, "job.db")
+        partial = path + ".new"
+        for leftover in (partial, partial + "-wal", partial + "-shm"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        store = SqliteStore.create(partial, doc)
+        store.checkpoint()
+        store.close()
+        os.replace(partial, path)
 
     def _spawn(self, slot: int) -> None:
         self.spawned += 1

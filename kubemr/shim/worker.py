@@ -100,7 +100,7 @@ class LeaseKeeper:
                 except Conflict:
                     self.lose("the lease was taken over or the job ended")
                     return
-                except KubemrError as exc:
+                except Exception as exc:  # any failure: keep trying until the lease runs out
                     log.warning("renewing the lease on %s failed: %s", self.task.name, exc)
                     if time.time() > float(self.entry.get("x", 0)):
                         self.lose("the lease expired while the job store was unreachable")

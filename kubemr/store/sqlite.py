@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -29,8 +30,13 @@ class SqliteStore(Store):
 
     def __init__(self, path: str, timeout: float = 60.0) -> None:
         self.path = path
+        self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            # One connection shared by the worker's threads (the lease keeper renews from its
+            # own thread), used under a lock.
+            self._db = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
@@ -55,6 +61,10 @@ class SqliteStore(Store):
         return doc
 
     def _query(self) -> str | None:
+        with self._lock:
+            return self._query_locked()
+
+    def _query_locked(self) -> str | None:
         for attempt in range(20):
             try:
                 row = self._db.execute("SELECT doc FROM job WHERE id = 1").fetchone()
@@ -66,6 +76,10 @@ class SqliteStore(Store):
         return None
 
     def patch(self, ops: list[dict[str, Any]]) -> Doc:
+        with self._lock:
+            return self._patch_locked(ops)
+
+    def _patch_locked(self, ops: list[dict[str, Any]]) -> Doc:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -89,5 +103,15 @@ class SqliteStore(Store):
         result: Doc = new
         return result
 
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file, so the file alone holds the job.
+
+        The database stays in WAL mode, where a reader (even a frozen process in the middle
+        of a read) never blocks a writer.
+        """
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()

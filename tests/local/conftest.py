@@ -1,0 +1,142 @@
+"""Fixtures for process tests: real `kubemr` processes running real shell commands.
+
+Each test gets its own KUBEMR_HOME, so runs never share state, and short
+leases, so a killed worker's task is taken over in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Kubemr:
+    """Runs the `kubemr` CLI as a user would, in a private KUBEMR_HOME."""
+
+    def __init__(self, home: Path, tmp: Path) -> None:
+        self.home = home
+        self.tmp = tmp
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "KUBEMR_HOME": str(home),
+                "KUBEMR_LEASE_SECONDS": "2",
+                "KUBEMR_POLL_SECONDS": "0.1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for name in ("KUBEMR_MAP", "KUBEMR_REDUCE", "KUBEMR_COMBINE"):
+            self.env.pop(name, None)
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "kubemr", *args]
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args),
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp,
+        )
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args),
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.tmp,
+        )
+
+    def job(self, name: str = "job", **spec: Any) -> Path:
+        """Write a manifest with `spec` (snake_case not translated: pass manifest field names)."""
+        path = self.tmp / f"{name}.yaml"
+        doc = {
+            "apiVersion": "kubemr.io/v1alpha1",
+            "kind": "MapReduceJob",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def run_dir(self, name: str) -> Path:
+        return self.home / "runs" / name
+
+
+def read_doc(run_dir: Path) -> dict[str, Any]:
+    """The job document of a local run, read straight from its SQLite file."""
+    db = sqlite3.connect(run_dir / "job.db")
+    try:
+        row = db.execute("SELECT doc FROM job WHERE id = 1").fetchone()
+    finally:
+        db.close()
+    doc: dict[str, Any] = json.loads(row[0])
+    return doc
+
+
+def results(output: Path) -> bytes:
+    """Every part file of an output directory, concatenated in name order."""
+    assert (output / "_SUCCESS").exists(), f"no _SUCCESS in {output}"
+    return b"".join(p.read_bytes() for p in sorted(output.glob("part-*")))
+
+
+def worker_pids(holder_prefix: str = "") -> dict[str, int]:
+    """Live `kubemr shim` processes by worker id, found through /proc."""
+    out: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/environ").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"shim" not in cmdline:
+            continue
+        for item in raw.split(b"\0"):
+            if item.startswith(b"KUBEMR_WORKER_ID="):
+                wid = item.split(b"=", 1)[1].decode()
+                if wid.startswith(holder_prefix):
+                    out[wid] = int(entry)
+    return out
+
+
+@pytest.fixture
+def kubemr(tmp_path: Path) -> Iterator[Kubemr]:
+    home = tmp_path / "home"
+    work = tmp_path / "work"
+    work.mkdir()
+    yield Kubemr(home, work)
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+Shell = Callable[..., subprocess.CompletedProcess[bytes]]
+
+
+def sh(command: str, stdin: bytes = b"", cwd: Path | None = None) -> bytes:
+    """Run a shell pipeline, as a user would type it; returns stdout."""
+    env = {**os.environ, "LC_ALL": "C"}
+    return subprocess.run(
+        ["sh", "-c", command], input=stdin, capture_output=True, check=True, cwd=cwd, env=env
+    ).stdout

@@ -1,0 +1,165 @@
+"""Faults during a local run: killed and frozen workers, a killed `kubemr run`.
+
+Whatever happens to a worker, the job completes with exactly the results of a
+clean run, and a task that committed is never run again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import Kubemr, read_doc, results, worker_pids
+
+
+def make_inputs(root: Path, files: int) -> Path:
+    data = root / "in"
+    data.mkdir()
+    for i in range(files):
+        (data / f"part{i:02d}.txt").write_bytes(
+            b"".join(b"word%d %d\n" % (j % 13, i) for j in range(120))
+        )
+    return data
+
+
+def expected_output(data: Path) -> list[bytes]:
+    lines: list[bytes] = []
+    for f in sorted(data.iterdir()):
+        lines.extend(f.read_bytes().splitlines(keepends=True))
+    return sorted(lines)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (OSError, KeyError, TypeError, ValueError, sqlite3.Error):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_task(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
+    if not (run_dir / "job.db").exists():
+        return None
+    doc = read_doc(run_dir)
+    for i, entry in enumerate(doc["status"].get("map", [])):
+        if entry["s"] == "r":
+            return i, entry
+    return None
+
+
+def test_sigkill_worker_mid_task_loses_nothing(kubemr: Kubemr) -> None:
+    data = make_inputs(kubemr.tmp, 8)
+    job = kubemr.job(
+        "killed",
+        inputs=["./in/"],
+        map="sleep 1; cat",
+        reduce="cat",
+        partitions=2,
+        splitSize="1Ki",
+    )
+    proc = kubemr.popen("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    run_dir = kubemr.run_dir("killed")
+    index, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
+    pid = wait_for(lambda: worker_pids(entry["h"]).get(entry["h"]), what="the worker's pid")
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    got = results(kubemr.tmp / "out")
+    assert sorted(got.splitlines(keepends=True)) == expected_output(data)
+    doc = read_doc(run_dir)
+    assert doc["status"]["map"][index]["a"] >= 2  # redone by another worker
+    assert all(e["s"] == "d" for e in doc["status"]["map"])
+
+
+def test_frozen_worker_whose_lease_was_taken_cannot_commit(kubemr: Kubemr) -> None:
+    make_inputs(kubemr.tmp, 4)
+    job = kubemr.job("zombie", inputs=["./in/"], map="sleep 2; cat", reduce="cat", splitSize="1Ki")
+    proc = kubemr.popen("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    run_dir = kubemr.run_dir("zombie")
+    index, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
+    pid = wait_for(lambda: worker_pids(entry["h"]).get(entry["h"]), what="the worker's pid")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Another worker takes the task over once the frozen worker's lease expires, and commits.
+        def redone() -> bool:
+            e = read_doc(run_dir)["status"]["map"][index]
+            return bool(e["s"] == "d" and e["a"] > entry["a"])
+
+        wait_for(redone, what="the task to be redone by another worker")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    doc = read_doc(run_dir)
+    final = doc["status"]["map"][index]
+    assert final["s"] == "d" and final["a"] != entry["a"]
+    logs = "".join(p.read_text() for p in (run_dir / "logs").glob("worker-*.log"))
+    assert f"{'map-%d' % index} attempt {entry['a']} abandoned" in logs or (
+        f"commit of map-{index} lost" in logs
+    )
+
+
+def test_killed_run_resumes_without_redoing_committed_tasks(kubemr: Kubemr) -> None:
+    data = make_inputs(kubemr.tmp, 6)
+    ran = kubemr.tmp / "ran.log"
+    job = kubemr.job(
+        "resume",
+        inputs=["./in/"],
+        map=f'echo "$KUBEMR_TASK" >> {ran}; sleep 0.5; cat',
+        reduce="cat",
+        splitSize="1Ki",
+    )
+    run_dir = kubemr.tmp / "rundir"
+    out = str(kubemr.tmp / "out")
+    proc = kubemr.popen("run", str(job), "-w", "1", "-o", out, "--run-dir", str(run_dir))
+
+    def two_done() -> bool:
+        doc = read_doc(run_dir)
+        return sum(e["s"] == "d" for e in doc["status"].get("map", [])) >= 2
+
+    wait_for(two_done, what="two committed map tasks")
+    proc.kill()
+    proc.wait()
+    # The orphaned worker notices its parent is gone and stops.
+    wait_for(lambda: not worker_pids("w0-"), timeout=30, what="the worker to exit")
+    before = read_doc(run_dir)["status"]["map"]
+    done_before = {i: e["a"] for i, e in enumerate(before) if e["s"] == "d"}
+    again = kubemr("run", str(job), "-w", "2", "-o", out, "--run-dir", str(run_dir))
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr
+    after = read_doc(run_dir)["status"]["map"]
+    for i, attempt in done_before.items():
+        assert after[i] == {"s": "d", "a": attempt}
+    runs = ran.read_text().split()
+    for i in done_before:
+        assert runs.count(f"map-{i}") == 1
+    assert sorted(results(Path(out)).splitlines(keepends=True)) == expected_output(data)
+
+
+def test_interrupt_stops_workers_and_commands(kubemr: Kubemr) -> None:
+    make_inputs(kubemr.tmp, 2)
+    job = kubemr.job("ctrlc", inputs=["./in/"], map="sleep 60; cat", splitSize="1Ki")
+    proc = kubemr.popen("run", str(job), "-w", "2")
+    run_dir = kubemr.run_dir("ctrlc")
+    wait_for(lambda: running_task(run_dir), what="a running map task")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "resume with" in err
+    assert not worker_pids("w")
+    left = subprocess.run(["pgrep", "-f", "^sleep 60"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+    # The interrupted tasks were handed back, not counted as failures.
+    doc = read_doc(run_dir)
+    assert all(e["s"] == "p" and "f" not in e for e in doc["status"]["map"])

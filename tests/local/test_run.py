@@ -1,0 +1,330 @@
+"""`kubemr run` end to end: real worker processes, real shell commands, real files.
+
+Results are compared with what the bare shell pipeline
+`cat inputs | map | LC_ALL=C sort | reduce` gives for the same commands.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Kubemr, read_doc, results, sh
+
+WORDCOUNT = REPO / "examples" / "bash-wordcount"
+MAP_SH = (WORDCOUNT / "map.sh").read_text()
+REDUCE_SH = (WORDCOUNT / "reduce.sh").read_text()
+
+
+def bare_pipeline(inputs: list[Path], map_cmd: str, reduce_cmd: str, cwd: Path) -> bytes:
+    cat = " ".join(f"'{p}'" for p in inputs)
+    return sh(f"cat {cat} | {map_cmd} 2>/dev/null | LC_ALL=C sort | {reduce_cmd}", cwd=cwd)
+
+
+def sorted_lines(data: bytes) -> list[bytes]:
+    return sorted(data.splitlines(keepends=True))
+
+
+def test_example_wordcount_equals_bare_pipeline(kubemr: Kubemr) -> None:
+    """The README example: its results are the bare pipeline's, and it prints where they are."""
+    proc = kubemr("run", str(WORDCOUNT / "job.yaml"), "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    output = Path(proc.stdout.strip())
+    assert output.is_dir()
+    corpus = sorted(p for p in (WORDCOUNT / "corpus").iterdir() if not p.name.startswith("_"))
+    expected = bare_pipeline(corpus, "sh map.sh", "sh reduce.sh", WORDCOUNT)
+    assert sorted_lines(results(output)) == sorted_lines(expected)
+    assert sorted(p.name for p in output.iterdir()) == ["_SUCCESS", "part-r-00000", "part-r-00001"]
+    # Each part is sorted: reduce saw its partition's lines in bytewise order.
+    for part in output.glob("part-*"):
+        lines = part.read_bytes().splitlines()
+        assert lines == sorted(lines)
+    # Counters from reporter lines are summed over tasks and printed.
+    words = len(sh("cat *.txt | sh ../map.sh 2>/dev/null", cwd=WORDCOUNT / "corpus").splitlines())
+    assert f"words={words}" in proc.stderr
+
+
+def test_example_files_match_inline_files() -> None:
+    """The example's map.sh/reduce.sh are the same scripts its manifest ships in `files`."""
+    import yaml
+
+    spec = yaml.safe_load((WORDCOUNT / "job.yaml").read_text())["spec"]
+    assert spec["files"]["map.sh"] == MAP_SH
+    assert spec["files"]["reduce.sh"] == REDUCE_SH
+
+
+def test_python_example_matches_bash_example(kubemr: Kubemr) -> None:
+    bash = kubemr("run", str(WORDCOUNT / "job.yaml"), "-w", "2", "-q")
+    py = kubemr("run", str(REPO / "examples/python-wordcount/job.yaml"), "-w", "2", "-q")
+    assert bash.returncode == 0 and py.returncode == 0, bash.stderr + py.stderr
+    for name in ("part-r-00000", "part-r-00001"):
+        a = (Path(bash.stdout.strip()) / name).read_bytes()
+        b = (Path(py.stdout.strip()) / name).read_bytes()
+        assert a == b
+
+
+def test_results_identical_for_any_number_of_workers(kubemr: Kubemr) -> None:
+    outs = []
+    for workers in ("1", "3"):
+        proc = kubemr("run", str(WORDCOUNT / "job.yaml"), "-w", workers, "-q")
+        assert proc.returncode == 0, proc.stderr
+        outs.append(Path(proc.stdout.strip()))
+    for name in ("part-r-00000", "part-r-00001"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+def test_map_only_job_writes_part_m_per_split(kubemr: Kubemr) -> None:
+    data = kubemr.tmp / "in"
+    data.mkdir()
+    for i in range(3):
+        (data / f"f{i}.txt").write_bytes(b"".join(b"line %d of %d\n" % (j, i) for j in range(400)))
+    job = kubemr.job("maponly", inputs=["./in/"], map="tr a-z A-Z", splitSize="4Ki")
+    proc = kubemr("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    out = kubemr.tmp / "out"
+    parts = sorted(out.glob("part-m-*"))
+    assert len(parts) > 3  # cut into several splits
+    expected = sh("cat in/f0.txt in/f1.txt in/f2.txt | tr a-z A-Z", cwd=kubemr.tmp)
+    assert results(out) == expected  # part order is input order
+
+
+def test_tricky_input_lines_each_reach_exactly_one_map(kubemr: Kubemr) -> None:
+    """No trailing newline, CRLF, empty files and lines, long lines, non-UTF-8, keys with spaces."""
+    data = kubemr.tmp / "in"
+    data.mkdir()
+    (data / "a-no-newline.txt").write_bytes(b"alpha 1\nbeta 2\ngamma without newline")
+    (data / "b-crlf.txt").write_bytes(b"key one\tv1\r\nkey two\tv2\r\n\r\n")
+    (data / "c-empty.txt").write_bytes(b"")
+    (data / "d-long.txt").write_bytes(b"x" * 300_000 + b"\n" + b"short\n" + b"y" * 70_000)
+    (data / "e-binary.bin").write_bytes(
+        bytes(range(1, 256)).replace(b"\n", b"") + b"\n\xff\xfe\t\x80\n"
+    )
+    (data / "f-spaces.txt").write_bytes(
+        b"".join(b"k e y %d\tvalue\n" % (i % 7) for i in range(2000))
+    )
+    job = kubemr.job(
+        "tricky", inputs=["./in/"], map="cat", reduce="cat", partitions=3, splitSize="1Ki"
+    )
+    proc = kubemr("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    got = results(kubemr.tmp / "out")
+    expected = b""
+    for f in sorted(data.iterdir()):
+        content = f.read_bytes()
+        if content and not content.endswith(b"\n"):
+            content += b"\n"
+        expected += content
+    assert sorted_lines(got) == sorted_lines(expected)
+    # Every partition is sorted bytewise and a key never spans two partitions.
+    keys_seen: dict[bytes, str] = {}
+    for part in sorted((kubemr.tmp / "out").glob("part-r-*")):
+        lines = part.read_bytes().splitlines()
+        assert lines == sorted(lines)
+        for line in lines:
+            key = line.split(b"\t", 1)[0]
+            assert keys_seen.setdefault(key, part.name) == part.name
+
+
+def test_combiner_and_custom_separator(kubemr: Kubemr) -> None:
+    """keyFields=2 with ',' as separator: the key is the first two fields."""
+    data = kubemr.tmp / "sales.csv"
+    rows = [
+        b"%s,%s,%d\n" % (r, p, n) for r in (b"eu", b"us") for p in (b"a", b"b") for n in range(50)
+    ]
+    data.write_bytes(b"".join(rows * 3))
+    total = (
+        'awk -F, \'{k=$1","$2} k!=p{if(NR>1)print p","s; p=k; s=0} {s+=$3} END{if(NR)print p","s}\''
+    )
+    job = kubemr.job(
+        "sales",
+        inputs=["./sales.csv"],
+        map="cat",
+        combine=total,
+        reduce=total,
+        partitions=2,
+        separator=",",
+        keyFields=2,
+        splitSize="2Ki",
+    )
+    proc = kubemr("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    got = sorted(results(kubemr.tmp / "out").decode().split())
+    assert got == ["eu,a,3675", "eu,b,3675", "us,a,3675", "us,b,3675"]
+
+
+def test_gzip_and_opaque_inputs(kubemr: Kubemr) -> None:
+    gz = kubemr.tmp / "words.txt.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(b"one two\nthree\n" * 100)
+    job = kubemr.job(
+        "mixed",
+        inputs=["./words.txt.gz", "customers-shard-17"],
+        map='if [ "$KUBEMR_INPUT" = customers-shard-17 ]; then read x; echo "opaque:$x"; '
+        "else wc -l | tr -d ' '; fi",
+    )
+    proc = kubemr("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert results(kubemr.tmp / "out") == b"200\nopaque:customers-shard-17\n"
+
+
+def test_commands_from_environment(kubemr: Kubemr) -> None:
+    """With no map/reduce in the spec, KUBEMR_MAP/KUBEMR_REDUCE wrap any command."""
+    (kubemr.tmp / "in.txt").write_text("b\na\nb\n")
+    job = kubemr.job("envcmd", inputs=["./in.txt"])
+    env = {"KUBEMR_MAP": "sed 's/$/\t1/'", "KUBEMR_REDUCE": "uniq -c | sed 's/^ *//'"}
+    proc = kubemr("run", str(job), "-o", str(kubemr.tmp / "out"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert results(kubemr.tmp / "out") == b"1 a\t1\n2 b\t1\n"
+
+
+def test_task_environment_and_files(kubemr: Kubemr) -> None:
+    (kubemr.tmp / "in.txt").write_text("x\n")
+    job = kubemr.job(
+        "envjob",
+        inputs=["./in.txt"],
+        map="./show.sh",
+        reduce='cat; echo "reduce $KUBEMR_TASK $KUBEMR_PARTITION $GREETING"',
+        env={"GREETING": "hello"},
+        files={
+            "show.sh": '#!/bin/sh\necho "k\t$KUBEMR_JOB $KUBEMR_TASK $KUBEMR_ATTEMPT $GREETING"\n'
+        },
+    )
+    proc = kubemr("run", str(job), "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert results(kubemr.tmp / "out") == b"k\tenvjob map-0 1 hello\nreduce reduce-0 0 hello\n"
+
+
+def test_failing_command_fails_job_with_reason(kubemr: Kubemr) -> None:
+    (kubemr.tmp / "in.txt").write_text("x\n")
+    job = kubemr.job(
+        "boom",
+        inputs=["./in.txt"],
+        map="echo starting >&2; echo 'something broke: disk on fire' >&2; exit 3",
+        maxAttempts=2,
+    )
+    proc = kubemr("run", str(job))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "map-0 failed 2 of 2 attempts" in proc.stderr
+    assert "exited with code 3" in proc.stderr
+    assert "disk on fire" in proc.stderr
+    assert "in.txt" in proc.stderr  # names the input
+    doc = read_doc(kubemr.run_dir("boom"))
+    assert doc["status"]["phase"] == "Failed"
+    assert doc["status"]["map"][0]["a"] == 2
+    logs = kubemr("logs", "boom", "--task", "map-0")
+    assert logs.returncode == 0 and "disk on fire" in logs.stdout
+    first = kubemr("logs", "boom", "--task", "map-0", "--attempt", "1")
+    assert "starting" in first.stdout
+
+
+def test_hung_command_is_killed_at_timeout(kubemr: Kubemr) -> None:
+    (kubemr.tmp / "in.txt").write_text("x\n")
+    marker = kubemr.tmp / "sleeper-ran"
+    job = kubemr.job(
+        "hang",
+        inputs=["./in.txt"],
+        map=f"touch {marker}; sleep 300 & wait",
+        taskTimeoutSeconds=1,
+        maxAttempts=2,
+    )
+    proc = kubemr("run", str(job), timeout=60)
+    assert proc.returncode == 1
+    assert "timed out after 1s" in proc.stderr
+    assert marker.exists()
+    # The whole process group went: no `sleep 300` is left behind.
+    leftover = sh("ps -eo args | grep -c '^sleep 300' || true").strip()
+    assert leftover == b"0"
+
+
+def test_bad_manifests_exit_2_with_one_sentence(kubemr: Kubemr) -> None:
+    cases = {
+        "missing-input": ({"inputs": ["./nope.txt"], "map": "cat"}, "does not exist"),
+        "unknown-scheme": ({"inputs": ["ftp://x/y"], "map": "cat"}, "unknown scheme"),
+        "no-inputs": ({"inputs": [], "map": "cat"}, "spec.inputs"),
+        "neg-partitions": (
+            {"inputs": ["x"], "map": "cat", "reduce": "cat", "partitions": -1},
+            "spec.partitions",
+        ),
+        "binary-file": ({"inputs": ["x"], "map": "cat", "files": {"a.sh": 12}}, "spec.files.a.sh"),
+        "no-map": ({"inputs": ["x"]}, "spec.map"),
+        "typo": ({"inputs": ["x"], "map": "cat", "reducer": "cat"}, "did you mean spec.reduce"),
+    }
+    for name, (spec, words) in cases.items():
+        job = kubemr.job(name, **spec)
+        proc = kubemr("run", str(job))
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert words in proc.stderr, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not kubemr.run_dir(name).exists()  # nothing started
+    proc = kubemr("run", str(kubemr.tmp / "absent.yaml"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = kubemr("validate", str(kubemr.job("ok", inputs=["x"], map="cat")))
+    assert proc.returncode == 0 and "valid" in proc.stdout
+
+
+def test_output_with_results_is_refused(kubemr: Kubemr) -> None:
+    (kubemr.tmp / "in.txt").write_text("x\n")
+    job = kubemr.job("twice", inputs=["./in.txt"], map="cat")
+    out = str(kubemr.tmp / "out")
+    assert kubemr("run", str(job), "-o", out).returncode == 0
+    again = kubemr("run", str(job), "-o", out, "--run-dir", str(kubemr.tmp / "second"))
+    assert again.returncode == 2
+    assert "already holds results" in again.stderr
+
+
+def test_replay_map_and_reduce(kubemr: Kubemr) -> None:
+    data = kubemr.tmp / "in.txt"
+    data.write_text("the cat\nthe dog\n" * 50)
+    job = kubemr.job(
+        "replay",
+        inputs=["./in.txt"],
+        map=MAP_SH,
+        reduce=REDUCE_SH,
+        partitions=2,
+        keepIntermediate=True,
+    )
+    proc = kubemr("run", str(job), "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    replayed = kubemr("replay", "replay", "--task", "map-0")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.encode() == sh(MAP_SH + " 2>/dev/null", stdin=data.read_bytes())
+    for p in (0, 1):
+        red = kubemr("replay", "replay", "--task", f"reduce-{p}")
+        assert red.returncode == 0, red.stderr
+        assert red.stdout.encode() == (kubemr.tmp / "out" / f"part-r-0000{p}").read_bytes()
+
+
+def test_intermediate_data_removed_after_success(kubemr: Kubemr) -> None:
+    (kubemr.tmp / "in.txt").write_text("a\nb\n")
+    job = kubemr.job("clean", inputs=["./in.txt"], map="cat", reduce="cat")
+    assert kubemr("run", str(job)).returncode == 0
+    work = kubemr.run_dir("clean") / "work"
+    assert not (work / "data").exists()
+    assert any(work.glob("plan-a*.json"))
+
+
+@pytest.mark.parametrize("workers", ["1", "4"])
+def test_status_and_results_commands(kubemr: Kubemr, workers: str) -> None:
+    (kubemr.tmp / "in.txt").write_text("b\na\n")
+    job = kubemr.job("st", inputs=["./in.txt"], map="cat", reduce="cat")
+    assert kubemr("run", str(job), "-w", workers).returncode == 0
+    status = kubemr("status", "st")
+    assert status.returncode == 0 and "Succeeded" in status.stdout
+    cat = kubemr("results", "st", "--cat")
+    assert cat.stdout == "a\nb\n"
+    listing = kubemr("results", str(kubemr.run_dir("st")))
+    assert listing.stdout.strip().endswith("part-r-00000")
+    missing = kubemr("status", "nope")
+    assert missing.returncode != 0 and "no local run" in missing.stderr
+
+
+def test_progress_plain_lines_when_not_a_terminal(kubemr: Kubemr) -> None:
+    proc = kubemr("run", str(WORDCOUNT / "job.yaml"), "-w", "2")
+    assert proc.returncode == 0
+    assert "Succeeded  map 6/6  reduce 2/2" in proc.stderr
+    assert "\r" not in proc.stderr
+    assert os.path.isdir(proc.stdout.strip())
