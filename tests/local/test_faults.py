@@ -105,7 +105,7 @@ def test_frozen_worker_whose_lease_was_taken_cannot_commit(kubemr: Kubemr) -> No
     final = doc["status"]["map"][index]
     assert final["s"] == "d" and final["a"] != entry["a"]
     logs = "".join(p.read_text() for p in (run_dir / "logs").glob("worker-*.log"))
-    assert f"{'map-%d' % index} attempt {entry['a']} abandoned" in logs or (
+    assert f"map-{index} attempt {entry['a']} abandoned" in logs or (
         f"commit of map-{index} lost" in logs
     )
 
