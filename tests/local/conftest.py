@@ -27,17 +27,19 @@ class Kubemr:
     def __init__(self, home: Path, tmp: Path) -> None:
         self.home = home
         self.tmp = tmp
-        self.env = dict(os.environ)
-        self.env.update(
-            {
-                "KUBEMR_HOME": str(home),
-                "KUBEMR_LEASE_SECONDS": "2",
-                "KUBEMR_POLL_SECONDS": "0.1",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        for name in ("KUBEMR_MAP", "KUBEMR_REDUCE", "KUBEMR_COMBINE"):
-            self.env.pop(name, None)
+        self.env = {
+            "KUBEMR_HOME": str(home),
+            "KUBEMR_LEASE_SECONDS": "2",
+            "KUBEMR_POLL_SECONDS": "0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def environ(self, extra: dict[str, str] | None) -> dict[str, str]:
+        """The environment of a `kubemr` process: this process's (as fixtures left it), ours."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMR_")}
+        env.update(self.env)
+        env.update(extra or {})
+        return env
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "kubemr", *args]
@@ -47,7 +49,7 @@ class Kubemr:
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.argv(*args),
-            env={**self.env, **(env or {})},
+            env=self.environ(env),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -57,7 +59,7 @@ class Kubemr:
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.argv(*args),
-            env={**self.env, **(env or {})},
+            env=self.environ(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
