@@ -75,11 +75,11 @@ METADATA_FIELDS = (
     "selfLink",
 )
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_FILE_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_FILE_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_QUANTITY = re.compile(r"^\s*(\d+)\s*([KMGT]i?|[kmgt]i?|)[Bb]?\s*$")
+_QUANTITY = re.compile(r"^\s*([0-9]{1,20})\s*([KMGT]i?|[kmgt]i?|)[Bb]?\s*\Z")
 _UNITS = {
     "": 1,
     "k": 1000,
@@ -142,6 +142,11 @@ def load_manifest(text: str, source: str = "the manifest") -> dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "it is not valid YAML"
         raise SpecError(f"{source} is not valid YAML{where}: {problem}.") from exc
+    except ValueError as exc:  # a malformed timestamp, an integer too long to convert
+        reason = str(exc).split(":")[0].rstrip(".")
+        raise SpecError(f"{source} holds a value that cannot be read: {reason}.") from exc
+    except RecursionError as exc:
+        raise SpecError(f"{source} nests too deeply to be a MapReduceJob manifest.") from exc
     if not docs:
         raise SpecError(f"{source} is empty; expected a MapReduceJob manifest.")
     if len(docs) > 1:
@@ -165,7 +170,9 @@ def parse_manifest(doc: Mapping[str, Any]) -> JobSpec:
     if kind != KIND:
         raise SpecError(f"kind must be {KIND!r}, got {kind!r}.")
     _unknown(doc, ("apiVersion", "kind", "metadata", "spec", "status"), "")
-    meta = doc.get("metadata") or {}
+    meta = doc.get("metadata")
+    if meta is None:
+        meta = {}
     if not isinstance(meta, Mapping):
         raise SpecError("metadata must be a mapping.")
     _unknown(meta, METADATA_FIELDS, "metadata.")
@@ -177,7 +184,7 @@ def parse_manifest(doc: Mapping[str, Any]) -> JobSpec:
     if generate_name is not None and (
         not generate_name
         or len(generate_name) > 58
-        or not _DNS_LABEL.match(generate_name.rstrip("-") or "x")
+        or not _DNS_LABEL.match(generate_name.rstrip("-"))
     ):
         raise SpecError(
             "metadata.generateName must be a DNS label prefix of at most 58 characters "
@@ -283,12 +290,15 @@ def _unknown(obj: Mapping[str, Any], known: tuple[str, ...], prefix: str) -> Non
     for key in obj:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
+            name = str(key)
+            if not isinstance(key, str) or not name.isprintable() or len(name) > 40:
+                name = repr(key) if len(repr(key)) <= 40 else repr(key)[:37] + "..."
             tip = (
                 f"; did you mean {prefix}{hint[0]}?"
                 if hint
                 else f"; known fields: {', '.join(known)}."
             )
-            raise SpecError(f"{prefix}{key} is not a known field{tip}".rstrip(".") + ".")
+            raise SpecError(f"{prefix}{name} is not a known field{tip}")
 
 
 def _opt_str(obj: Mapping[str, Any], key: str, prefix: str) -> str | None:
@@ -364,6 +374,8 @@ def _inputs(value: Any) -> tuple[str, ...]:
             "or any string for the map command)."
         )
     if isinstance(value, str):
+        if not value.isprintable() or len(value) > 200:
+            raise SpecError(f"spec.inputs must be a list of strings, got {_describe(value)}.")
         raise SpecError(
             "spec.inputs must be a list of strings; write it as `inputs: [" + value + "]`."
         )
@@ -485,7 +497,7 @@ def _storage(value: Any) -> StorageSpec:
         )
     secret = _opt_str(value, "secretName", "spec.storage.")
     if secret is not None and (
-        len(secret) > 253 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", secret)
+        len(secret) > 253 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\Z", secret)
     ):
         raise SpecError(
             "spec.storage.secretName must be a Secret name (a lowercase DNS subdomain), "
