@@ -42,13 +42,13 @@ def parse_line(line: bytes) -> Counter | Status | Malformed | None:
     text = line.decode("utf-8", "replace").rstrip("\r\n")
     rest = text[len("reporter:") :]
     if rest.startswith("counter:"):
-        parts = rest[len("counter:") :].split(",")
+        parts = [part.strip() for part in rest[len("counter:") :].split(",")]
         if len(parts) == 3 and parts[0] and parts[1]:
             try:
-                amount = int(parts[2].strip())
+                amount = int(parts[2])
             except ValueError:
                 return Malformed(text)
-            return Counter(parts[0].strip(), parts[1].strip(), amount)
+            return Counter(parts[0], parts[1], amount)
         return Malformed(text)
     if rest.startswith("status:"):
         return Status(rest[len("status:") :].strip())
