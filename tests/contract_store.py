@@ -1,0 +1,252 @@
+"""The Store contract: what every home of the job document must do, as a reusable suite.
+
+kubemr's workers coordinate only through JSON patches on one document, so a
+store must apply a patch whole or not at all, and turn a failed `test` (or
+any operation that does not apply) into `Conflict` without changing
+anything. kube-apiserver does exactly this for JSON patches; `SqliteStore`
+does it in one SQLite transaction. This suite states the contract once and
+runs against any store.
+
+To run it against a store, subclass `StoreContract` in a test module and
+provide the `make_store` fixture, a factory `make_store(doc) -> Store` that
+returns a store holding `doc` (a fresh job each call). Override `reopen` when
+one store object cannot be shared between threads: it opens another handle
+on the same document, as a second worker would.
+
+    class TestSqliteStore(StoreContract):
+        @pytest.fixture
+        def make_store(self, tmp_path: Path) -> MakeStore:
+            ...
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kubemr import state
+from kubemr.errors import Conflict, TemporaryError
+from kubemr.store.base import Doc, Store
+
+MakeStore = Callable[[Doc], Store]
+Reopen = Callable[[Store], Store]
+
+
+def sample_job() -> Doc:
+    """A small job document in the shape workers use."""
+    return {
+        "apiVersion": "kubemr.io/v1alpha1",
+        "kind": "MapReduceJob",
+        "metadata": {"name": "contract", "labels": {"team": "données"}},
+        "spec": {"inputs": ["/in/"], "map": "cat", "partitions": 2},
+        "status": {
+            "phase": "Mapping",
+            "n": 0,
+            "log": [],
+            "map": [{"s": "p", "a": 0}, {"s": "d", "a": 1, "c": 1}],
+        },
+    }
+
+
+class StoreContract:
+    """The contract suite; subclasses provide `make_store` (and `reopen` if needed)."""
+
+    @pytest.fixture
+    def make_store(self) -> MakeStore:
+        raise NotImplementedError("a StoreContract subclass must provide the make_store fixture")
+
+    @pytest.fixture
+    def reopen(self) -> Reopen:
+        """Another handle on the same document; by default the same (thread-safe) store."""
+        return lambda store: store
+
+    # reading
+
+    def test_get_returns_the_document(self, make_store: MakeStore) -> None:
+        doc = sample_job()
+        store = make_store(copy.deepcopy(doc))
+        assert store.get() == doc
+
+    def test_get_returns_a_copy(self, make_store: MakeStore) -> None:
+        store = make_store(sample_job())
+        got = store.get()
+        got["status"]["phase"] = "Tampered"
+        got["status"]["map"].clear()
+        assert store.get() == sample_job()
+
+    def test_a_large_document_round_trips(self, make_store: MakeStore) -> None:
+        doc = sample_job()
+        doc["status"]["map"] = [{"s": "d", "a": 1, "c": 1} for _ in range(10_000)]
+        store = make_store(copy.deepcopy(doc))
+        assert store.get() == doc
+
+    # patching
+
+    def test_patch_applies_every_operation(self, make_store: MakeStore) -> None:
+        store = make_store(sample_job())
+        new = store.patch(
+            [
+                {"op": "test", "path": "/status/phase", "value": "Mapping"},
+                {"op": "replace", "path": "/status/phase", "value": "Reducing"},
+                {"op": "add", "path": "/status/reduce", "value": [{"s": "p", "a": 0}]},
+                {"op": "add", "path": "/status/log/-", "value": "advanced"},
+                {"op": "remove", "path": "/status/n"},
+                {"op": "replace", "path": "/status/map/0", "value": {"s": "d", "a": 1}},
+            ]
+        )
+        expected = sample_job()
+        status = expected["status"]
+        status.update(phase="Reducing", reduce=[{"s": "p", "a": 0}], log=["advanced"])
+        del status["n"]
+        status["map"][0] = {"s": "d", "a": 1}
+        assert new == expected
+        assert store.get() == expected
+
+    def test_empty_patch_changes_nothing(self, make_store: MakeStore) -> None:
+        store = make_store(sample_job())
+        assert store.patch([]) == sample_job()
+        assert store.get() == sample_job()
+
+    @pytest.mark.parametrize(
+        "failing",
+        [
+            pytest.param({"op": "test", "path": "/status/phase", "value": "Planning"}, id="value"),
+            pytest.param({"op": "test", "path": "/status/n", "value": "0"}, id="type"),
+            pytest.param(
+                {"op": "test", "path": "/status/map/0", "value": {"s": "p"}}, id="whole-entry"
+            ),
+            pytest.param({"op": "test", "path": "/status/nope", "value": None}, id="missing"),
+        ],
+    )
+    def test_failed_test_is_a_conflict_and_changes_nothing(
+        self, make_store: MakeStore, failing: dict[str, Any]
+    ) -> None:
+        store = make_store(sample_job())
+        patch: list[dict[str, Any]] = [
+            {"op": "replace", "path": "/status/n", "value": 99},
+            {"op": "add", "path": "/status/log/-", "value": "x"},
+            failing,
+            {"op": "replace", "path": "/status/phase", "value": "Failed"},
+        ]
+        with pytest.raises(Conflict) as info:
+            store.patch(patch)
+        assert isinstance(info.value, TemporaryError)
+        assert str(info.value)
+        assert store.get() == sample_job()
+
+    @pytest.mark.parametrize(
+        "failing",
+        [
+            pytest.param({"op": "replace", "path": "/status/nope", "value": 1}, id="replace"),
+            pytest.param({"op": "remove", "path": "/status/nope"}, id="remove"),
+            pytest.param({"op": "add", "path": "/status/nope/deeper", "value": 1}, id="add-deep"),
+            pytest.param({"op": "replace", "path": "/status/map/7", "value": {}}, id="index"),
+            pytest.param({"op": "add", "path": "/nothing/x", "value": 1}, id="top-level"),
+        ],
+    )
+    def test_missing_path_is_a_conflict_and_changes_nothing(
+        self, make_store: MakeStore, failing: dict[str, Any]
+    ) -> None:
+        store = make_store(sample_job())
+        patch = [
+            {"op": "test", "path": "/status/phase", "value": "Mapping"},
+            {"op": "replace", "path": "/status/phase", "value": "Reducing"},
+            failing,
+        ]
+        with pytest.raises(Conflict):
+            store.patch(patch)
+        assert store.get() == sample_job()
+
+    def test_the_store_still_works_after_a_conflict(self, make_store: MakeStore) -> None:
+        store = make_store(sample_job())
+        with pytest.raises(Conflict):
+            store.patch([{"op": "test", "path": "/status/n", "value": 5}])
+        new = store.patch([{"op": "replace", "path": "/status/n", "value": 5}])
+        assert new["status"]["n"] == 5 == store.get()["status"]["n"]
+
+    def test_compare_and_swap_with_a_stale_read_loses(self, make_store: MakeStore) -> None:
+        store = make_store(sample_job())
+        seen = store.get()["status"]["n"]
+        cas = [
+            {"op": "test", "path": "/status/n", "value": seen},
+            {"op": "replace", "path": "/status/n", "value": seen + 1},
+        ]
+        store.patch(cas)
+        with pytest.raises(Conflict):
+            store.patch(cas)
+        assert store.get()["status"]["n"] == 1
+
+    # the job protocol on top of it
+
+    def test_two_workers_claiming_one_task_one_wins(
+        self, make_store: MakeStore, reopen: Reopen
+    ) -> None:
+        first = make_store(sample_job())
+        second = reopen(first)
+        try:
+            now = 1_700_000_000.0
+            doc = first.get()
+            mine = state.decide(doc, state.Settings("w1", now, 30, 3))
+            theirs = state.decide(second.get(), state.Settings("w2", now, 30, 3))
+            assert isinstance(mine, state.Claim) and isinstance(theirs, state.Claim)
+            assert mine.task == theirs.task
+            first.patch(mine.patch)
+            with pytest.raises(Conflict):
+                second.patch(theirs.patch)
+            assert state.entry_of(second.get(), mine.task) == mine.entry
+            second.patch(state.commit_task(mine.task, mine.entry, True))
+            assert state.counts(first.get(), "map") == (2, 2)
+        finally:
+            if second is not first:
+                second.close()
+
+    def test_concurrent_increments_lose_no_update(
+        self, make_store: MakeStore, reopen: Reopen
+    ) -> None:
+        threads, each = 4, 25
+        store = make_store(sample_job())
+        start = threading.Barrier(threads)
+        errors: list[BaseException] = []
+        conflicts = [0] * threads
+
+        def work(number: int) -> None:
+            mine = reopen(store)
+            try:
+                start.wait()
+                for i in range(each):
+                    while True:
+                        n = mine.get()["status"]["n"]
+                        try:
+                            mine.patch(
+                                [
+                                    {"op": "test", "path": "/status/n", "value": n},
+                                    {"op": "replace", "path": "/status/n", "value": n + 1},
+                                    {"op": "add", "path": "/status/log/-", "value": [number, i]},
+                                ]
+                            )
+                            break
+                        except Conflict:
+                            conflicts[number] += 1
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+            finally:
+                if mine is not store:
+                    mine.close()
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert not errors, errors
+        status = store.get()["status"]
+        assert status["n"] == threads * each
+        assert sorted(map(tuple, status["log"])) == [
+            (t, i) for t in range(threads) for i in range(each)
+        ]
+        for t in range(threads):
+            assert [i for n, i in status["log"] if n == t] == list(range(each))
