@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -112,14 +116,30 @@ def test_a_directory_is_not_an_object(local: LocalStorage, tmp_path: Path) -> No
     assert not local.exists(url_of(tmp_path / "dir"))
 
 
-def test_unreadable_files_give_one_clear_sentence(local: LocalStorage, tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root can read anything")
-    path = tmp_path / "secret"
-    path.write_bytes(b"x")
-    path.chmod(0)
-    with pytest.raises(StorageError, match="permission denied"):
-        local.get_bytes(url_of(path))
+def test_unreadable_files_give_one_clear_sentence(tmp_path: Path) -> None:
+    """Root reads anything, so as root the read runs as user nobody (through setpriv)."""
+    folder = Path(tempfile.mkdtemp(prefix="kubemr-perm-"))
+    try:
+        folder.chmod(0o755)
+        path = folder / "secret"
+        path.write_bytes(b"x")
+        path.chmod(0)
+        code = (
+            "from kubemr.errors import StorageError\n"
+            "from kubemr.storage import storage_for\n"
+            f"url = {url_of(path)!r}\n"
+            "try:\n"
+            "    storage_for(url).get_bytes(url)\n"
+            "except StorageError as exc:\n"
+            "    print(exc)\n"
+        )
+        argv = [sys.executable, "-c", code]
+        if os.geteuid() == 0:
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd="/")
+        assert "permission denied" in out.stdout.lower(), out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_local_path(local: LocalStorage, tmp_path: Path) -> None:
