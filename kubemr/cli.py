@@ -25,6 +25,7 @@ examples:
   kubemr results wordcount-x2k9f --cat                 print the merged results
   kubemr logs wordcount-x2k9f --task map-3             the stderr a task wrote
   kubemr replay wordcount-x2k9f --task map-3           re-run one task in the foreground
+  kubemr submit job.yaml --wait                        run it on Kubernetes (kubeconfig as kubectl)
 
 Runs live in $KUBEMR_HOME/runs (default ~/.local/state/kubemr/runs).
 """
@@ -75,12 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("files", metavar="FILE", nargs="+")
 
-    status = sub.add_parser("status", help="phase, progress and message of a local run")
-    status.add_argument("run", metavar="RUN", help="a run name or run directory")
+    submit = sub.add_parser(
+        "submit",
+        help="create a MapReduceJob on a cluster",
+        description="Check a manifest as the operator will, create it on the cluster "
+        "(kubeconfig as kubectl reads it), and with --wait show progress until it ends.",
+    )
+    submit.add_argument("file", metavar="FILE")
+    submit.add_argument("--wait", action="store_true", help="wait; exit 0 if it succeeds, 1 if not")
+    submit.add_argument("-o", "--output", metavar="URL", help="override spec.output (s3://...)")
+    submit.add_argument("--timeout", type=float, default=0, help="with --wait: give up after N s")
+    submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    _cluster_options(submit)
 
-    results = sub.add_parser("results", help="list the result files of a run, or print them")
+    status = sub.add_parser("status", help="phase, progress and message of a run or cluster job")
+    status.add_argument("run", metavar="RUN", help="a local run name or directory, or a job name")
+    _cluster_options(status)
+
+    results = sub.add_parser("results", help="list the result files of a job, or print them")
     results.add_argument("run", metavar="RUN")
     results.add_argument("--cat", action="store_true", help="print the results, part by part")
+    _cluster_options(results)
 
     logs = sub.add_parser(
         "logs",
@@ -91,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("run", metavar="RUN")
     logs.add_argument("--task", metavar="TASK", help="map-N, reduce-N, plan or publish")
     logs.add_argument("--attempt", type=int, metavar="N")
+    _cluster_options(logs)
 
     replay = sub.add_parser(
         "replay",
@@ -102,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("run", metavar="RUN")
     replay.add_argument("--task", required=True, metavar="TASK", help="map-N or reduce-N")
     replay.add_argument("--out", metavar="FILE", help="write the task's output to FILE")
+    _cluster_options(replay)
+
+    operator = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator",
+        description="Watch MapReduceJobs and deploy their workers (in a pod, or against "
+        "your kubeconfig for development).",
+    )
+    operator.add_argument("--image", help="default worker image (env KUBEMR_IMAGE)")
+    operator.add_argument("-n", "--namespace", help="watch one namespace (default: all)")
+    operator.add_argument("--kubeconfig", metavar="FILE")
+    operator.add_argument("--context")
 
     sub.add_parser(
         "shim",
@@ -109,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the worker loop; configured only through KUBEMR_* environment variables.",
     )
     return parser
+
+
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster (as kubectl)")
+    group.add_argument("-n", "--namespace", help="the job's namespace (default: the context's)")
+    group.add_argument("--context", help="the kubeconfig context")
+    group.add_argument(
+        "--kubeconfig", metavar="FILE", help="kubeconfig file (default: $KUBECONFIG)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from kubemr import commands
+    from kubemr import cluster, commands
 
     handlers = {
         "run": commands.cmd_run,
@@ -149,6 +187,8 @@ def dispatch(args: argparse.Namespace) -> int:
         "logs": commands.cmd_logs,
         "replay": commands.cmd_replay,
         "shim": commands.cmd_shim,
+        "submit": cluster.cmd_submit,
+        "operator": commands.cmd_operator,
     }
     handler = handlers.get(args.command)
     if handler is None:

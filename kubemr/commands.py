@@ -17,12 +17,12 @@ import time
 from typing import Any
 
 from kubemr import layout, reporter, state
+from kubemr.cluster import locate, pod_logs
 from kubemr.errors import KubemrError, NotFound, RunError, SpecError
 from kubemr.local import (
     LocalRun,
     check_inputs,
     check_output,
-    find_run,
     prepare,
     read_manifest,
     runs_home,
@@ -116,27 +116,24 @@ def _report(doc: dict[str, Any], name: str, run_dir: str, elapsed: float) -> int
     return 1
 
 
-def _open(run: str) -> tuple[str, dict[str, Any]]:
-    run_dir = find_run(run)
-    store = SqliteStore(os.path.join(run_dir, "job.db"))
-    try:
-        return run_dir, store.get()
-    finally:
-        store.close()
-
-
 def _job(doc: dict[str, Any]) -> Job:
     return Job.from_doc(doc, shim_config.from_env({**os.environ, "KUBEMR_STORE": "-"}))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    run_dir, doc = _open(args.run)
+    found = locate(args)
+    doc = found.doc
     status = state.status_of(doc)
     print(f"name:      {doc['metadata']['name']}")
-    print(f"run dir:   {run_dir}")
+    if found.run_dir:
+        print(f"run dir:   {found.run_dir}")
+    else:
+        print(f"namespace: {found.namespace}")
     print(f"progress:  {describe(doc)}")
     if status.get("message"):
         print(f"message:   {status['message']}")
+    for cond in status.get("conditions") or []:
+        print(f"condition: {cond.get('type')}={cond.get('status')} {cond.get('message', '')}")
     for stage in ("map", "reduce"):
         for i, entry in enumerate(state.entries(doc, stage)):
             if entry.get("s") in (state.RUNNING, state.FAILED) or entry.get("e"):
@@ -155,7 +152,7 @@ def _entry_text(entry: dict[str, Any]) -> str:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    _, doc = _open(args.run)
+    doc = locate(args).doc
     if state.phase_of(doc) != state.SUCCEEDED:
         raise RunError(
             f"{doc['metadata']['name']} has no results: it is {describe(doc).split()[0]}."
@@ -187,9 +184,13 @@ def _latest_attempt(doc: dict[str, Any], task: state.Task, wanted: int | None) -
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    run_dir, doc = _open(args.run)
+    found = locate(args)
+    doc = found.doc
+    if not args.task and found.run_dir is None:
+        print(pod_logs(found, str(doc["metadata"]["name"])))
+        return 0
     if not args.task:
-        logs = os.path.join(run_dir, "logs")
+        logs = os.path.join(str(found.run_dir), "logs")
         for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
             print(f"==> {name} <==")
             with open(os.path.join(logs, name), "rb") as f:
@@ -218,7 +219,7 @@ def _task(name: str) -> state.Task:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    _, doc = _open(args.run)
+    doc = locate(args).doc
     task = _task(args.task)
     if task.stage not in ("map", "reduce"):
         raise RunError("only map-N and reduce-N tasks can be replayed.")
@@ -314,6 +315,13 @@ def _replay_reduce(
     code = reducer.wait()
     merger.wait()
     return code
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from kubemr.operator.controller import main as operator_main
+
+    image = args.image or os.environ.get("KUBEMR_IMAGE")
+    return operator_main(args.namespace, image, args.kubeconfig, args.context)
 
 
 def cmd_shim(args: argparse.Namespace) -> int:

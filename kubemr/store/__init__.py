@@ -14,4 +14,10 @@ def open_store(url: str) -> Store:
         from kubemr.store.sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite://"))
-    raise StoreError(f"unknown job store {url!r}; expected sqlite:///path/to/job.db.")
+    if url.startswith("kube://"):
+        from kubemr.store.kube import KubeStore
+
+        return KubeStore.from_url(url)
+    raise StoreError(
+        f"unknown job store {url!r}; expected sqlite:///path/to/job.db or kube://namespace/name."
+    )

@@ -1,0 +1,147 @@
+"""The CLI's cluster side: submit a MapReduceJob, wait for it, find one by name.
+
+`kubemr submit` checks a manifest the way the operator will (one sentence
+and exit code 2 for what is wrong, before anything reaches the cluster),
+creates it, and with `--wait` shows progress until it ends. `status`,
+`results`, `logs` and `replay` accept a local run name or a MapReduceJob
+name; `locate` decides which (a local run by that name wins unless
+`--namespace`/`--context` point at a cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kubemr import reporter, state
+from kubemr.errors import JobNotFound, RunError
+from kubemr.kube import Kube, KubeConfig, KubeError
+from kubemr.local import find_run, read_manifest
+from kubemr.operator.reconcile import cluster_spec
+from kubemr.progress import Progress
+
+
+@dataclass
+class Located:
+    """A job found by name: its document, and where it lives."""
+
+    doc: dict[str, Any]
+    run_dir: str | None = None
+    kube: Kube | None = None
+    namespace: str | None = None
+
+
+def kube_from(args: argparse.Namespace) -> Kube:
+    return Kube(
+        KubeConfig(
+            kubeconfig=getattr(args, "kubeconfig", None), context=getattr(args, "context", None)
+        )
+    )
+
+
+def wants_cluster(args: argparse.Namespace) -> bool:
+    return bool(
+        getattr(args, "namespace", None)
+        or getattr(args, "context", None)
+        or getattr(args, "kubeconfig", None)
+    )
+
+
+def locate(args: argparse.Namespace) -> Located:
+    """A local run named `args.run`, else the MapReduceJob of that name on the cluster."""
+    local_error: RunError | None = None
+    if not wants_cluster(args):
+        try:
+            run_dir = find_run(args.run)
+        except RunError as exc:
+            local_error = exc
+        else:
+            from kubemr.store.sqlite import SqliteStore
+
+            store = SqliteStore(f"{run_dir}/job.db")
+            try:
+                return Located(store.get(), run_dir=run_dir)
+            finally:
+                store.close()
+    try:
+        kube = kube_from(args)
+    except KubeError as exc:
+        if local_error is None:
+            raise
+        raise RunError(f"{str(local_error).rstrip('.')}; no cluster either: {exc}") from exc
+    namespace = args.namespace or kube.default_namespace
+    try:
+        return Located(kube.get_job(namespace, args.run), kube=kube, namespace=namespace)
+    except JobNotFound as exc:
+        if local_error is None:
+            raise
+        raise RunError(
+            f"no local run and no MapReduceJob named {args.run!r} (namespace {namespace})."
+        ) from exc
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.file)
+    if args.output:
+        manifest.setdefault("spec", {})["output"] = args.output
+    cluster_spec(manifest)
+    kube = kube_from(args)
+    namespace = (
+        args.namespace
+        or (manifest.get("metadata") or {}).get("namespace")
+        or (kube.default_namespace)
+    )
+    manifest.setdefault("metadata", {})["namespace"] = namespace
+    created = kube.create_job(namespace, manifest)
+    name = created["metadata"]["name"]
+    print(f"mapreducejob.kubemr.io/{name} created")
+    if not args.wait:
+        return 0
+    return wait(kube, namespace, name, quiet=args.quiet, timeout=args.timeout)
+
+
+def wait(kube: Kube, namespace: str, name: str, quiet: bool = False, timeout: float = 0) -> int:
+    """Show progress until the job ends; 0 if it succeeded, 1 if it failed."""
+    progress = None if quiet else Progress()
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        while True:
+            doc = kube.get_job(namespace, name)
+            if progress is not None:
+                progress.update(doc)
+            if state.phase_of(doc) in state.TERMINAL:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunError(f"{name} did not finish within {timeout:g}s; it is still running.")
+            time.sleep(1.0)
+    finally:
+        if progress is not None:
+            progress.finish()
+    status = state.status_of(doc)
+    if state.phase_of(doc) == state.SUCCEEDED:
+        print(
+            f"{name} succeeded: {len(status.get('results') or [])} result file(s) in "
+            f"{doc['spec'].get('output')}",
+            file=sys.stderr,
+        )
+        for line in reporter.format_counters(status.get("counters") or {}):
+            print(line, file=sys.stderr)
+        print(doc["spec"].get("output"))
+        return 0
+    print(f"kubemr: error: {name} failed: {status.get('message')}", file=sys.stderr)
+    return 1
+
+
+def pod_logs(located: Located, name: str) -> str:
+    """The logs of every worker pod of a cluster job."""
+    from kubemr.operator.desired import LABEL
+
+    assert located.kube is not None and located.namespace is not None
+    out = []
+    for pod in located.kube.list_pods(located.namespace, f"{LABEL}={name}"):
+        pod_name = pod["metadata"]["name"]
+        out.append(f"==> pod/{pod_name} <==\n{located.kube.pod_log(located.namespace, pod_name)}")
+    return "\n".join(out)

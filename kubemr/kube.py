@@ -1,0 +1,348 @@
+"""The one module that talks to kube-apiserver.
+
+Everything kubemr does on a cluster goes through `Kube`: loading
+configuration (in-cluster service account, or kubeconfig like kubectl),
+reading and JSON-patching MapReduceJobs, creating the objects a job owns,
+watching, Events and pod logs. Library errors are translated here, at the
+boundary: a failed JSON-patch `test` (HTTP 422) is a `Conflict`, 404 is
+`JobNotFound`/`NotFound`, 403 is `Forbidden` with what was refused, 5xx and
+dropped connections are `TemporaryError`. Nothing else imports `kubernetes`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubemr.errors import Conflict, JobNotFound, KubemrError, NotFound, TemporaryError
+
+GROUP = "kubemr.io"
+VERSION = "v1alpha1"
+PLURAL = "mapreducejobs"
+KIND = "MapReduceJob"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+JSON_PATCH = "application/json-patch+json"
+
+
+class KubeError(KubemrError):
+    """The Kubernetes API refused or failed a request."""
+
+
+class Forbidden(KubeError):
+    """RBAC refused the request."""
+
+
+class AlreadyExists(KubeError):
+    """An object by that name exists."""
+
+
+class TemporaryKubeError(KubeError, TemporaryError):
+    """The API server is unreachable or overloaded; retry."""
+
+
+class Gone(KubeError):
+    """A watch's resourceVersion is too old (410): list again."""
+
+
+@dataclass(frozen=True)
+class KubeConfig:
+    """Where to find the cluster: kubeconfig file and context, or in-cluster."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+
+
+def in_cluster_namespace() -> str | None:
+    try:
+        with open(os.path.join(SA_DIR, "namespace"), encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _translate(exc: Exception, what: str) -> KubemrError:
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        reason = _reason(exc)
+        if status == 404:
+            return NotFound(f"{what}: not found")
+        if status == 403:
+            return Forbidden(f"{what}: forbidden: {reason}")
+        if status == 409:
+            return AlreadyExists(f"{what}: {reason}")
+        if status == 410:
+            return Gone(f"{what}: {reason}")
+        if status == 422:
+            return Conflict(f"{what}: {reason}")
+        if status == 0 or status >= 500 or status == 429:
+            return TemporaryKubeError(f"{what}: the API server answered {status}: {reason}")
+        return KubeError(f"{what}: {reason}")
+    return TemporaryKubeError(f"{what}: cannot reach the API server: {exc}")
+
+
+def _reason(exc: Any) -> str:
+    try:
+        body = json.loads(exc.body)
+        return str(body.get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(getattr(exc, "reason", exc))
+
+
+class Kube:
+    """A connection to one cluster."""
+
+    def __init__(self, config: KubeConfig | None = None) -> None:
+        from kubernetes import client
+        from kubernetes import config as kconfig
+        from kubernetes.config.config_exception import ConfigException
+
+        config = config or KubeConfig()
+        self.api_client: Any
+        try:
+            if config.in_cluster:
+                kconfig.load_incluster_config()
+                self.api_client = client.ApiClient()
+            else:
+                self.api_client = kconfig.new_client_from_config(
+                    config_file=config.kubeconfig, context=config.context
+                )
+        except (ConfigException, OSError, TypeError) as exc:
+            where = "the in-cluster service account" if config.in_cluster else "kubeconfig"
+            raise KubeError(
+                f"cannot load {where}: {exc}; set KUBECONFIG or pass --kubeconfig/--context."
+            ) from exc
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.core = client.CoreV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+        self.rbac = client.RbacAuthorizationV1Api(self.api_client)
+        self.events = client.EventsV1Api(self.api_client)
+        self.default_namespace = self._default_namespace(config)
+
+    @staticmethod
+    def _default_namespace(config: KubeConfig) -> str:
+        if config.in_cluster:
+            return in_cluster_namespace() or "default"
+        from kubernetes import config as kconfig
+
+        try:
+            _, active = kconfig.list_kube_config_contexts(config_file=config.kubeconfig)
+            if config.context:
+                contexts, _ = kconfig.list_kube_config_contexts(config_file=config.kubeconfig)
+                active = next((c for c in contexts if c["name"] == config.context), active)
+            return str(active.get("context", {}).get("namespace") or "default")
+        except Exception:  # any kubeconfig oddity: the API calls will say what is wrong
+            return "default"
+
+    # ---- MapReduceJobs ----------------------------------------------------
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+            return obj
+        except Exception as exc:
+            err = _translate(exc, f"MapReduceJob {namespace}/{name}")
+            if isinstance(err, NotFound):
+                raise JobNotFound(
+                    f"there is no MapReduceJob {name} in namespace {namespace}."
+                ) from exc
+            raise err from exc
+
+    def list_jobs(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every MapReduceJob (in `namespace`, or all), and the list's resourceVersion."""
+        try:
+            if namespace:
+                out = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            else:
+                out = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        except Exception as exc:
+            raise _translate(exc, "listing MapReduceJobs") from exc
+        return list(out.get("items", [])), str(out["metadata"].get("resourceVersion", ""))
+
+    def watch_jobs(
+        self, namespace: str | None, resource_version: str, timeout: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) from a watch; raises Gone when the version is too old."""
+        from kubernetes import watch
+
+        w = watch.Watch()
+        kwargs: dict[str, Any] = {
+            "resource_version": resource_version,
+            "timeout_seconds": timeout,
+            "allow_watch_bookmarks": True,
+        }
+        try:
+            if namespace:
+                stream = w.stream(
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    **kwargs,
+                )
+            else:
+                stream = w.stream(
+                    self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, **kwargs
+                )
+            for event in stream:
+                kind = str(event.get("type"))
+                obj = event.get("object")
+                if kind == "ERROR":
+                    code = obj.get("code") if isinstance(obj, dict) else None
+                    if code == 410:
+                        raise Gone("the watch expired (410 Gone)")
+                    raise TemporaryKubeError(f"the watch failed: {obj}")
+                yield kind, obj
+        except KubemrError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, "watching MapReduceJobs") from exc
+        finally:
+            w.stop()
+
+    def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body
+            )
+            return obj
+        except Exception as exc:
+            raise _translate(exc, "creating the MapReduceJob") from exc
+
+    def patch_job_status(
+        self, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply a JSON patch to the status subresource, atomically; 422 means a failed test."""
+        try:
+            obj: dict[str, Any] = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH
+            )
+            return obj
+        except Exception as exc:
+            err = _translate(exc, f"patching MapReduceJob {namespace}/{name}")
+            if isinstance(err, NotFound):
+                raise JobNotFound(f"the MapReduceJob {namespace}/{name} is gone.") from exc
+            raise err from exc
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+            )
+        except Exception as exc:
+            err = _translate(exc, f"deleting MapReduceJob {namespace}/{name}")
+            if not isinstance(err, NotFound):
+                raise err from exc
+
+    # ---- owned objects ----------------------------------------------------
+
+    def create(self, obj: dict[str, Any]) -> None:
+        """Create a ConfigMap, ServiceAccount, Role, RoleBinding or Job; AlreadyExists if so."""
+        kind = obj["kind"]
+        ns = obj["metadata"]["namespace"]
+        calls = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "Job": self.batch.create_namespaced_job,
+        }
+        try:
+            calls[kind](ns, obj)
+        except Exception as exc:
+            raise _translate(exc, f"creating {kind} {ns}/{obj['metadata']['name']}") from exc
+
+    def get_batch_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            job = self.batch.read_namespaced_job(name, namespace)
+        except Exception as exc:
+            err = _translate(exc, f"reading Job {namespace}/{name}")
+            if isinstance(err, NotFound):
+                return None
+            raise err from exc
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(job)
+        return out
+
+    def delete_batch_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except Exception as exc:
+            err = _translate(exc, f"deleting Job {namespace}/{name}")
+            if not isinstance(err, NotFound):
+                raise err from exc
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
+        except Exception as exc:
+            raise _translate(exc, f"listing pods in {namespace}") from exc
+        out: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(pods).get(
+            "items", []
+        )
+        return out
+
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
+        try:
+            text: str = self.core.read_namespaced_pod_log(pod, namespace, container=container)
+            return text
+        except Exception as exc:
+            raise _translate(exc, f"reading the log of pod {namespace}/{pod}") from exc
+
+    def event(
+        self,
+        obj: dict[str, Any],
+        reason: str,
+        note: str,
+        warning: bool = False,
+        reporter: str = "kubemr-operator",
+    ) -> None:
+        """Record an Event about a MapReduceJob (best effort: never worth failing for)."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingController": f"{GROUP}/{reporter}",
+            "reportingInstance": os.environ.get("HOSTNAME", reporter),
+            "action": reason,
+            "reason": reason,
+            "note": note[:1000],
+            "type": "Warning" if warning else "Normal",
+            "regarding": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+        }
+        try:
+            self.events.create_namespaced_event(meta["namespace"], body)
+        except Exception:  # events are best effort
+            pass
+
+    def list_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        try:
+            out = self.events.list_namespaced_event(
+                namespace, field_selector=f"regarding.name={name},regarding.kind={KIND}"
+            )
+        except Exception as exc:
+            raise _translate(exc, f"listing events of {namespace}/{name}") from exc
+        items: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(out).get(
+            "items", []
+        )
+        return items
+
+    def close(self) -> None:
+        self.api_client.close()

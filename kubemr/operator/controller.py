@@ -1,0 +1,154 @@
+"""The operator's loop: list + watch MapReduceJobs, reconcile each, apply the plan.
+
+Level-triggered and restart-safe: it keeps no state that the API does not
+hold (only which task failures it has already reported as Events), so a new
+operator picks up where a dead one stopped, including a job it left
+half-deployed. It relists every `resync` seconds and whenever a watch ends
+or expires (410 Gone), so missed events cost at most one resync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from kubemr.errors import Conflict, JobNotFound, KubemrError, SpecError
+from kubemr.kube import AlreadyExists, Gone, Kube, KubeConfig
+from kubemr.operator.desired import LABEL, OperatorSettings, names
+from kubemr.operator.reconcile import Observed, Plan, reconcile
+
+log = logging.getLogger("kubemr.operator")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    namespace: str | None = None  # None: every namespace
+    resync_seconds: int = 30
+    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    identity: str = ""
+
+
+class Controller:
+    def __init__(self, kube: Kube, config: ControllerConfig) -> None:
+        self.kube = kube
+        self.config = config
+        self.me = (
+            config.identity or f"{os.environ.get('HOSTNAME', 'operator')}-{uuid.uuid4().hex[:6]}"
+        )
+        self.stopping = threading.Event()
+        self._reported: set[tuple[str, str, int]] = set()
+
+    def run(self) -> None:
+        """Reconcile until asked to stop."""
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                items, version = self.kube.list_jobs(self.config.namespace)
+                for obj in items:
+                    self.reconcile(obj)
+                self._watch(version)
+                backoff = 1.0
+            except Gone:
+                continue
+            except KubemrError as exc:
+                log.warning("listing or watching failed (%s); retrying in %.0fs", exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _watch(self, version: str) -> None:
+        deadline = time.monotonic() + self.config.resync_seconds
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            timeout = max(1, int(deadline - time.monotonic()))
+            for kind, obj in self.kube.watch_jobs(self.config.namespace, version, timeout):
+                if self.stopping.is_set():
+                    return
+                if kind == "BOOKMARK":
+                    version = obj["metadata"]["resourceVersion"]
+                    continue
+                version = obj["metadata"].get("resourceVersion", version)
+                if kind in ("ADDED", "MODIFIED"):
+                    self.reconcile(obj)
+
+    def observe(self, obj: dict[str, Any]) -> Observed:
+        ns = obj["metadata"]["namespace"]
+        name = obj["metadata"]["name"]
+        batch = self.kube.get_batch_job(ns, names(name)["job"])
+        pods = self.kube.list_pods(ns, f"{LABEL}={name}") if batch is not None else []
+        return Observed(batch_job=batch, pods=pods)
+
+    def reconcile(self, obj: dict[str, Any]) -> None:
+        ns = obj["metadata"]["namespace"]
+        name = obj["metadata"]["name"]
+        for _ in range(5):
+            try:
+                plan = reconcile(obj, self.observe(obj), self.config.settings, self.me, time.time())
+                self.apply(obj, plan)
+                return
+            except Conflict:
+                # The job changed under us: decide again from the latest version.
+                try:
+                    obj = self.kube.get_job(ns, name)
+                except JobNotFound:
+                    return
+            except JobNotFound:
+                return
+            except SpecError as exc:
+                log.warning("%s/%s: %s", ns, name, exc)
+                return
+            except KubemrError as exc:
+                log.warning("reconciling %s/%s failed: %s", ns, name, exc)
+                return
+
+    def apply(self, obj: dict[str, Any], plan: Plan) -> None:
+        ns = obj["metadata"]["namespace"]
+        name = obj["metadata"]["name"]
+        for child in plan.create:
+            try:
+                self.kube.create(child)
+                log.info("%s/%s: created %s %s", ns, name, child["kind"], child["metadata"]["name"])
+            except AlreadyExists:
+                pass
+        for patch in plan.patches:
+            self.kube.patch_job_status(ns, name, patch)
+        for reason, note, warning in plan.events:
+            log.info("%s/%s: %s: %s", ns, name, reason, note)
+            self.kube.event(obj, reason, note, warning)
+        uid = str(obj["metadata"].get("uid"))
+        for task, count, error in plan.task_failures:
+            key = (uid, task, count)
+            if key in self._reported:
+                continue
+            self._reported.add(key)
+            self.kube.event(obj, "TaskFailed", f"{task} attempt failed: {error}", warning=True)
+        if plan.delete_batch_job:
+            self.kube.delete_batch_job(ns, names(name)["job"])
+        if plan.delete_job:
+            log.info("%s/%s: ttlSecondsAfterFinished passed; deleting", ns, name)
+            self.kube.delete_job(ns, name)
+
+
+def main(
+    namespace: str | None, image: str | None, kubeconfig: str | None, context: str | None
+) -> int:
+    """`kubemr operator`: run the controller until SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    kube = Kube(KubeConfig(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster))
+    settings = OperatorSettings(image=image or OperatorSettings().image)
+    controller = Controller(kube, ControllerConfig(namespace=namespace, settings=settings))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        controller.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("kubemr operator %s watching %s", controller.me, namespace or "all namespaces")
+    controller.run()
+    return 0

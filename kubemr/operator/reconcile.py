@@ -1,0 +1,301 @@
+"""(MapReduceJob, what the cluster shows) -> what the operator should do. Pure.
+
+The operator is level-triggered: whatever event woke it, it looks at the
+job and the objects it owns and decides from scratch. Its decisions:
+
+- a new job (no status): validate it; take it with a JSON patch whose `test`
+  is the object's resourceVersion (so of two operators only one takes it),
+  setting phase Deploying; or fail it with the reason;
+- Deploying and taken by this operator (or its deploy lease expired): create
+  the owned objects (creation is idempotent by name), then mark Deployed;
+- any time: keep `status.progress` current (for `kubectl get`), reflect a
+  worker Job that failed or pods that cannot start onto the job, and report
+  task failures and the outcome as Events and conditions;
+- finished: stop lingering workers of a failed job, and delete the job after
+  `ttlSecondsAfterFinished`.
+
+The workers drive phases from Planning on; the operator never needs storage
+credentials.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubemr import state
+from kubemr.errors import SpecError
+from kubemr.operator.desired import OperatorSettings, desired_objects
+from kubemr.spec import JobSpec, parse_manifest
+
+DEPLOY_LEASE_SECONDS = 60
+#: Pod waiting reasons that mean a pod will never start by itself.
+FATAL_WAITING = ("CreateContainerConfigError", "InvalidImageName", "CreateContainerError")
+#: Waiting reasons that may clear up, failing the job only after a grace period.
+SLOW_WAITING = ("ErrImagePull", "ImagePullBackOff")
+IMAGE_PULL_GRACE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator saw of a job's owned objects."""
+
+    batch_job: Mapping[str, Any] | None = None
+    pods: Sequence[Mapping[str, Any]] = ()
+
+
+@dataclass
+class Plan:
+    """Decisions for one job, applied in order by the controller."""
+
+    patches: list[list[dict[str, Any]]] = field(default_factory=list)
+    create: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[str, str, bool]] = field(default_factory=list)  # (reason, note, warning)
+    delete_batch_job: bool = False
+    delete_job: bool = False
+    task_failures: list[tuple[str, int, str]] = field(default_factory=list)  # (task, n, error)
+
+
+def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
+    """Validate a MapReduceJob the way `kubemr validate` does, plus what only a cluster needs."""
+    spec = parse_manifest(mrj)
+    if not spec.output:
+        raise SpecError("spec.output is required on a cluster; give an s3://bucket/prefix/ URL.")
+    if not spec.output.startswith("s3://"):
+        raise SpecError(
+            f"spec.output must be an s3:// URL on a cluster (pods cannot write your disk), "
+            f"got {spec.output!r}."
+        )
+    for i, item in enumerate(spec.inputs):
+        if item.startswith(("file://", "/", "./", "../", "~")):
+            raise SpecError(
+                f"spec.inputs[{i}] is a local path ({item}); pods cannot read your disk, so put "
+                "it in S3 and give its s3:// URL."
+            )
+    return spec
+
+
+def _parse_time(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _condition(kind: str, status: str, reason: str, message: str, now: float) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message[:1000],
+        "lastTransitionTime": state.iso(now),
+    }
+
+
+def _has_condition(status: Mapping[str, Any], kind: str) -> bool:
+    return any(
+        c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+
+
+def _with_condition(status: Mapping[str, Any], cond: dict[str, Any]) -> list[dict[str, Any]]:
+    kept = [c for c in status.get("conditions") or [] if c.get("type") != cond["type"]]
+    return [*kept, cond]
+
+
+def progress(doc: Mapping[str, Any]) -> dict[str, str]:
+    md, mt = state.counts(doc, "map")
+    rd, rt = state.counts(doc, "reduce")
+    partitions = int(state.status_of(doc).get("partitions", 0) or 0)
+    out = {"map": f"{md}/{mt}"}
+    if rt or partitions:
+        out["reduce"] = f"{rd}/{rt or partitions}"
+    return out
+
+
+def _fail_patch(mrj: Mapping[str, Any], message: str, now: float) -> list[dict[str, Any]]:
+    status = state.status_of(mrj)
+    phase = status.get("phase")
+    cond = _condition("Failed", "True", "WorkersFailed", message, now)
+    return [
+        {"op": "test", "path": "/status/phase", "value": phase},
+        {"op": "replace", "path": "/status/phase", "value": state.FAILED_PHASE},
+        {"op": "add", "path": "/status/message", "value": message},
+        {"op": "add", "path": "/status/completionTime", "value": state.iso(now)},
+        {"op": "add", "path": "/status/conditions", "value": _with_condition(status, cond)},
+    ]
+
+
+def reconcile(
+    mrj: Mapping[str, Any], observed: Observed, settings: OperatorSettings, me: str, now: float
+) -> Plan:
+    """Decide what to do about one MapReduceJob."""
+    plan = Plan()
+    meta = mrj["metadata"]
+    if meta.get("deletionTimestamp"):
+        return plan
+    status = state.status_of(mrj)
+    phase = status.get("phase")
+
+    if phase is None:
+        try:
+            cluster_spec(mrj)
+        except SpecError as exc:
+            message = str(exc)
+            cond = _condition("Failed", "True", "InvalidSpec", message, now)
+            plan.patches.append(
+                [
+                    {
+                        "op": "test",
+                        "path": "/metadata/resourceVersion",
+                        "value": meta["resourceVersion"],
+                    },
+                    {
+                        "op": "add",
+                        "path": "/status",
+                        "value": {
+                            "phase": state.FAILED_PHASE,
+                            "message": message,
+                            "completionTime": state.iso(now),
+                            "conditions": [cond],
+                        },
+                    },
+                ]
+            )
+            plan.events.append(("Failed", message, True))
+            return plan
+        plan.patches.append(
+            [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": meta["resourceVersion"],
+                },
+                {
+                    "op": "add",
+                    "path": "/status",
+                    "value": {
+                        "phase": "Deploying",
+                        "deployer": {"h": me, "x": int(now) + DEPLOY_LEASE_SECONDS},
+                        "progress": {"map": "0/0"},
+                    },
+                },
+            ]
+        )
+        return plan
+
+    terminal = phase in state.TERMINAL
+    if not terminal:
+        deployed = _has_condition(status, "Deployed")
+        deployer = status.get("deployer") or {}
+        mine = deployer.get("h") == me or float(deployer.get("x", 0)) < now
+        if (not deployed and mine) or (deployed and observed.batch_job is None):
+            spec = cluster_spec(mrj)
+            plan.create = desired_objects(mrj, spec, settings)
+            if not deployed:
+                cond = _condition(
+                    "Deployed",
+                    "True",
+                    "Deployed",
+                    f"created Job {meta['name']} with {spec.replicas} worker pod(s)",
+                    now,
+                )
+                plan.patches.append(
+                    [
+                        {"op": "test", "path": "/status/phase", "value": phase},
+                        {
+                            "op": "add",
+                            "path": "/status/conditions",
+                            "value": _with_condition(status, cond),
+                        },
+                    ]
+                )
+                plan.events.append(("Deployed", cond["message"], False))
+        failure = worker_failure(observed, now)
+        if failure:
+            plan.patches.append(_fail_patch(mrj, failure, now))
+            plan.events.append(("Failed", failure, True))
+            plan.delete_batch_job = True
+            return plan
+
+    current = progress(mrj)
+    if status.get("progress") != current:
+        plan.patches.append([{"op": "add", "path": "/status/progress", "value": current}])
+
+    for stage in ("plan", "map", "reduce", "publish"):
+        tasks = (
+            [state.Task(stage)]
+            if stage in state.SINGLE_STAGES
+            else [state.Task(stage, i) for i in range(len(state.entries(mrj, stage)))]
+        )
+        for task in tasks:
+            entry = state.entry_of(mrj, task)
+            if entry and entry.get("e") and (entry.get("f") or entry.get("s") == state.FAILED):
+                count = int(entry.get("f", 0)) + (1 if entry.get("s") == state.FAILED else 0)
+                plan.task_failures.append((task.name, count, str(entry["e"])))
+
+    if terminal:
+        kind = "Complete" if phase == state.SUCCEEDED else "Failed"
+        if not _has_condition(status, kind):
+            message = str(status.get("message") or phase)
+            cond = _condition(kind, "True", phase, message, now)
+            plan.patches.append(
+                [
+                    {
+                        "op": "add",
+                        "path": "/status/conditions",
+                        "value": _with_condition(status, cond),
+                    }
+                ]
+            )
+            if kind == "Complete":
+                results = status.get("results") or []
+                plan.events.append(
+                    (
+                        "Completed",
+                        f"{len(results)} result file(s) in {mrj['spec'].get('output')}",
+                        False,
+                    )
+                )
+            else:
+                plan.events.append(("Failed", message, True))
+        if phase == state.FAILED_PHASE and observed.batch_job is not None:
+            active = int((observed.batch_job.get("status") or {}).get("active") or 0)
+            if active:
+                plan.delete_batch_job = True
+        ttl = (mrj.get("spec") or {}).get("ttlSecondsAfterFinished")
+        done_at = _parse_time(status.get("completionTime"))
+        if isinstance(ttl, int) and done_at is not None and done_at + ttl <= now:
+            plan.delete_job = True
+    return plan
+
+
+def worker_failure(observed: Observed, now: float) -> str | None:
+    """Why the worker pods cannot do the job, if they cannot."""
+    job = observed.batch_job
+    if job is not None:
+        for cond in (job.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "Failed" and cond.get("status") == "True":
+                return (
+                    f"the worker Job failed ({cond.get('reason', 'unknown')}): "
+                    f"{cond.get('message', '')}".rstrip(": ")
+                    + "; see `kubectl describe job` and the pods' logs."
+                )
+    for pod in observed.pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        created = _parse_time(pod.get("metadata", {}).get("creationTimestamp")) or now
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        statuses += (pod.get("status") or {}).get("initContainerStatuses") or []
+        for cs in statuses:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in FATAL_WAITING or (
+                reason in SLOW_WAITING and now - created > IMAGE_PULL_GRACE_SECONDS
+            ):
+                detail = waiting.get("message") or ""
+                return f"pod {name} cannot start: {reason}" + (f": {detail}" if detail else "")
+    return None
