@@ -43,7 +43,8 @@ class Controller:
             config.identity or f"{os.environ.get('HOSTNAME', 'operator')}-{uuid.uuid4().hex[:6]}"
         )
         self.stopping = threading.Event()
-        self._reported: set[tuple[str, str, int]] = set()
+        # Events already recorded (a watch may show the same state more than once).
+        self._reported: set[tuple[str, str, str]] = set()
 
     def run(self) -> None:
         """Reconcile until asked to stop."""
@@ -106,6 +107,13 @@ class Controller:
                 log.warning("reconciling %s/%s failed: %s", ns, name, exc)
                 return
 
+    def _first(self, *key: str) -> bool:
+        k = (key[0], key[1], key[2])
+        if k in self._reported:
+            return False
+        self._reported.add(k)
+        return True
+
     def apply(self, obj: dict[str, Any], plan: Plan) -> None:
         ns = obj["metadata"]["namespace"]
         name = obj["metadata"]["name"]
@@ -117,16 +125,14 @@ class Controller:
                 pass
         for patch in plan.patches:
             self.kube.patch_job_status(ns, name, patch)
-        for reason, note, warning in plan.events:
-            log.info("%s/%s: %s: %s", ns, name, reason, note)
-            self.kube.event(obj, reason, note, warning)
         uid = str(obj["metadata"].get("uid"))
+        for reason, note, warning in plan.events:
+            if self._first(uid, reason, note):
+                log.info("%s/%s: %s: %s", ns, name, reason, note)
+                self.kube.event(obj, reason, note, warning)
         for task, count, error in plan.task_failures:
-            key = (uid, task, count)
-            if key in self._reported:
-                continue
-            self._reported.add(key)
-            self.kube.event(obj, "TaskFailed", f"{task} attempt failed: {error}", warning=True)
+            if self._first(uid, task, str(count)):
+                self.kube.event(obj, "TaskFailed", f"{task} attempt failed: {error}", warning=True)
         if plan.delete_batch_job:
             self.kube.delete_batch_job(ns, names(name)["job"])
         if plan.delete_job:
