@@ -319,9 +319,15 @@ def _replay_reduce(
 
 def cmd_operator(args: argparse.Namespace) -> int:
     from kubemr.operator.controller import main as operator_main
+    from kubemr.operator.desired import OperatorSettings
 
-    image = args.image or os.environ.get("KUBEMR_IMAGE")
-    return operator_main(args.namespace, image, args.kubeconfig, args.context)
+    defaults = OperatorSettings()
+    lease = os.environ.get("KUBEMR_WORKER_LEASE_SECONDS", "")
+    settings = OperatorSettings(
+        image=args.image or os.environ.get("KUBEMR_IMAGE") or defaults.image,
+        lease_seconds=int(lease) if lease.isdigit() and int(lease) >= 2 else defaults.lease_seconds,
+    )
+    return operator_main(args.namespace, settings, args.kubeconfig, args.context)
 
 
 def cmd_shim(args: argparse.Namespace) -> int:

@@ -36,14 +36,31 @@ MakeStore = Callable[[Doc], Store]
 Reopen = Callable[[Store], Store]
 
 
+def job_of(doc: Doc) -> Doc:
+    """What the contract is about: the job's kind, name, spec and status.
+
+    A store may add metadata of its own (kube-apiserver adds uid,
+    resourceVersion, managedFields...), which the contract leaves alone.
+    """
+    return {
+        "apiVersion": doc.get("apiVersion"),
+        "kind": doc.get("kind"),
+        "name": doc["metadata"]["name"],
+        "labels": doc["metadata"].get("labels"),
+        "spec": doc.get("spec"),
+        "status": doc.get("status"),
+    }
+
+
 def sample_job() -> Doc:
     """A small job document in the shape workers use."""
     return {
         "apiVersion": "kubemr.io/v1alpha1",
         "kind": "MapReduceJob",
-        "metadata": {"name": "contract", "labels": {"team": "données"}},
-        "spec": {"inputs": ["/in/"], "map": "cat", "partitions": 2},
+        "metadata": {"name": "contract", "labels": {"team": "data"}},
+        "spec": {"inputs": ["s3://in/"], "map": "cat", "reduce": "cat", "partitions": 2},
         "status": {
+            "note": "données",
             "phase": "Mapping",
             "n": 0,
             "log": [],
@@ -69,20 +86,20 @@ class StoreContract:
     def test_get_returns_the_document(self, make_store: MakeStore) -> None:
         doc = sample_job()
         store = make_store(copy.deepcopy(doc))
-        assert store.get() == doc
+        assert job_of(store.get()) == job_of(doc)
 
     def test_get_returns_a_copy(self, make_store: MakeStore) -> None:
         store = make_store(sample_job())
         got = store.get()
         got["status"]["phase"] = "Tampered"
         got["status"]["map"].clear()
-        assert store.get() == sample_job()
+        assert job_of(store.get()) == job_of(sample_job())
 
     def test_a_large_document_round_trips(self, make_store: MakeStore) -> None:
         doc = sample_job()
         doc["status"]["map"] = [{"s": "d", "a": 1, "c": 1} for _ in range(10_000)]
         store = make_store(copy.deepcopy(doc))
-        assert store.get() == doc
+        assert job_of(store.get()) == job_of(doc)
 
     # patching
 
@@ -103,13 +120,13 @@ class StoreContract:
         status.update(phase="Reducing", reduce=[{"s": "p", "a": 0}], log=["advanced"])
         del status["n"]
         status["map"][0] = {"s": "d", "a": 1}
-        assert new == expected
-        assert store.get() == expected
+        assert job_of(new) == job_of(expected)
+        assert job_of(store.get()) == job_of(expected)
 
     def test_empty_patch_changes_nothing(self, make_store: MakeStore) -> None:
         store = make_store(sample_job())
-        assert store.patch([]) == sample_job()
-        assert store.get() == sample_job()
+        assert job_of(store.patch([])) == job_of(sample_job())
+        assert job_of(store.get()) == job_of(sample_job())
 
     @pytest.mark.parametrize(
         "failing",
@@ -136,7 +153,7 @@ class StoreContract:
             store.patch(patch)
         assert isinstance(info.value, TemporaryError)
         assert str(info.value)
-        assert store.get() == sample_job()
+        assert job_of(store.get()) == job_of(sample_job())
 
     @pytest.mark.parametrize(
         "failing",
@@ -159,7 +176,7 @@ class StoreContract:
         ]
         with pytest.raises(Conflict):
             store.patch(patch)
-        assert store.get() == sample_job()
+        assert job_of(store.get()) == job_of(sample_job())
 
     def test_the_store_still_works_after_a_conflict(self, make_store: MakeStore) -> None:
         store = make_store(sample_job())

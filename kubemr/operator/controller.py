@@ -141,13 +141,15 @@ class Controller:
 
 
 def main(
-    namespace: str | None, image: str | None, kubeconfig: str | None, context: str | None
+    namespace: str | None,
+    settings: OperatorSettings,
+    kubeconfig: str | None,
+    context: str | None,
 ) -> int:
     """`kubemr operator`: run the controller until SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     kube = Kube(KubeConfig(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster))
-    settings = OperatorSettings(image=image or OperatorSettings().image)
     controller = Controller(kube, ControllerConfig(namespace=namespace, settings=settings))
 
     def stop(signum: int, frame: FrameType | None) -> None:

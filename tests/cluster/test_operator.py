@@ -1,0 +1,469 @@
+"""Kubernetes mode end to end on a real control plane (hack/devcluster).
+
+`kubectl apply -k manifests/` installs the CRD, RBAC and the operator (a pod
+of its Deployment, running the project image); MapReduceJobs created with
+`kubectl create -f` run in worker pods against the devcluster's S3 server,
+and their results must be byte-identical to `kubemr run` on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from devcluster_support import Cluster, wait_until
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+CORPUS = sorted(p for p in (EXAMPLES / "bash-wordcount" / "corpus").glob("*.txt"))
+LEASE_SECONDS = "5"
+
+
+def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl(*args, check=check)
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster) -> Iterator[None]:
+    """kubemr installed with `kubectl apply -k manifests/`, its operator pod running."""
+    out = kubectl(cluster, "apply", "--server-side", "-k", str(ROOT / "manifests"))
+    assert "customresourcedefinition.apiextensions.k8s.io/mapreducejobs.kubemr.io" in out.stdout
+    # Short leases, so a killed worker's task is taken over in seconds.
+    kubectl(
+        cluster,
+        "-n",
+        "kubemr-system",
+        "set",
+        "env",
+        "deployment/kubemr-operator",
+        f"KUBEMR_WORKER_LEASE_SECONDS={LEASE_SECONDS}",
+    )
+    kubectl(
+        cluster,
+        "-n",
+        "kubemr-system",
+        "rollout",
+        "status",
+        "deployment/kubemr-operator",
+        "--timeout=120s",
+    )
+    yield
+
+
+@pytest.fixture(scope="module")
+def s3(cluster: Cluster) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=cluster.env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=cluster.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=cluster.env["AWS_SECRET_ACCESS_KEY"],
+        region_name=cluster.env.get("AWS_REGION", "us-east-1"),
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(s3: Any) -> str:
+    """The bash example's corpus in the devcluster's S3: s3://bucket/corpus/."""
+    bucket = f"kubemr-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for path in CORPUS:
+        s3.put_object(Bucket=bucket, Key=f"corpus/{path.name}", Body=path.read_bytes())
+    return bucket
+
+
+@pytest.fixture
+def ns(cluster: Cluster, namespace: str, installed: None) -> str:
+    """A namespace with the `aws` Secret for the devcluster's S3."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "aws", "namespace": namespace},
+        "stringData": {
+            "aws_access_key_id": cluster.env["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": cluster.env["AWS_SECRET_ACCESS_KEY"],
+        },
+    }
+    cluster.core.create_namespaced_secret(namespace, secret)
+    return namespace
+
+
+def cluster_manifest(
+    cluster: Cluster, example: str, bucket: str, tmp: Path, **changes: Any
+) -> tuple[Path, str]:
+    """An example's job.yaml with its inputs and output in S3 (and any spec changes)."""
+    doc = yaml.safe_load((EXAMPLES / example / "job.yaml").read_text())
+    output = f"s3://{bucket}/out-{uuid.uuid4().hex[:8]}/"
+    doc["spec"].update(
+        inputs=[f"s3://{bucket}/corpus/"],
+        output=output,
+        storage={"endpoint": cluster.env["AWS_ENDPOINT_URL"]},
+    )
+    doc["spec"].update(changes)
+    path = tmp / f"{example}-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path, output
+
+
+def create(cluster: Cluster, ns: str, path: Path) -> str:
+    out = kubectl(cluster, "-n", ns, "create", "-f", str(path), "-o", "name")
+    return out.stdout.strip().split("/", 1)[1]
+
+
+def get(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    out = kubectl(cluster, "-n", ns, "get", "mrj", name, "-o", "json")
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def wait_phase(cluster: Cluster, ns: str, name: str, timeout: float = 180) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        doc = get(cluster, ns, name)
+        return doc if doc.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    return wait_until(f"{name} to finish", done, timeout)
+
+
+def s3_objects(s3: Any, url: str) -> dict[str, bytes]:
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"][len(prefix) :]] = s3.get_object(Bucket=bucket, Key=obj["Key"])[
+                "Body"
+            ].read()
+    return out
+
+
+def local_results(example: str, tmp: Path) -> dict[str, bytes]:
+    """The same example run here with `kubemr run`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMR_")}
+    env["KUBEMR_HOME"] = str(tmp / "home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubemr", "run", str(EXAMPLES / example / "job.yaml"), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = Path(proc.stdout.strip())
+    return {p.name: p.read_bytes() for p in out.glob("part-*")}
+
+
+def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    out = kubectl(
+        cluster,
+        "-n",
+        ns,
+        "get",
+        "events",
+        "-o",
+        "json",
+        "--field-selector",
+        f"involvedObject.name={name}",
+    )
+    items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+    return items
+
+
+@pytest.mark.parametrize("example", ["bash-wordcount", "python-wordcount"])
+def test_example_completes_with_the_same_bytes_as_kubemr_run(
+    cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path, example: str
+) -> None:
+    path, output = cluster_manifest(cluster, example, corpus, tmp_path)
+    name = create(cluster, ns, path)
+    assert name.startswith("wordcount-") or name.startswith("pywordcount-")  # generateName
+    doc = wait_phase(cluster, ns, name)
+    assert doc["status"]["phase"] == "Succeeded", doc["status"].get("message")
+    stored = s3_objects(s3, output)
+    assert "_SUCCESS" in stored
+    assert doc["status"]["results"] == [f"{output}part-r-00000", f"{output}part-r-00001"]
+    expected = local_results(example, tmp_path)
+    assert {k: v for k, v in stored.items() if k.startswith("part-")} == expected
+    # `kubectl get mrj` columns and `kubectl describe` conditions and Events.
+    table = kubectl(cluster, "-n", ns, "get", "mrj", name).stdout
+    assert "Succeeded" in table and "6/6" in table and "2/2" in table
+    conditions = {c["type"]: c["status"] for c in doc["status"]["conditions"]}
+    assert conditions == {"Deployed": "True", "Complete": "True"}
+    reasons = {e["reason"] for e in events(cluster, ns, name)}
+    assert {"Deployed", "Completed"} <= reasons
+    # Intermediate data is gone after success.
+    assert not [k for k in stored if "/data/" in k]
+
+
+def test_failing_map_command_fails_the_job_with_its_stderr(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    path, _ = cluster_manifest(
+        cluster,
+        "bash-wordcount",
+        corpus,
+        tmp_path,
+        map="echo 'cannot parse record 17' >&2; exit 4",
+        maxAttempts=2,
+    )
+    name = create(cluster, ns, path)
+    doc = wait_phase(cluster, ns, name)
+    status = doc["status"]
+    assert status["phase"] == "Failed"
+    assert "failed 2 of 2 attempts" in status["message"]
+    assert "exited with code 4" in status["message"]
+    assert "cannot parse record 17" in status["message"]
+    assert status["failedTask"].startswith("map-")
+    got = events(cluster, ns, name)
+    reasons = [e["reason"] for e in got]
+    assert "Failed" in reasons and "TaskFailed" in reasons
+    assert any("cannot parse record 17" in e.get("message", "") for e in got)
+    # The CLI reports the same and exits 1.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubemr",
+            "status",
+            name,
+            "-n",
+            ns,
+            "--kubeconfig",
+            cluster.kubeconfig,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "cannot parse record 17" in proc.stdout
+
+
+def test_killing_a_worker_pod_and_the_operator_changes_nothing(
+    cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path
+) -> None:
+    path, output = cluster_manifest(
+        cluster, "bash-wordcount", corpus, tmp_path, map="sleep 2; ./map.sh", replicas=2
+    )
+    name = create(cluster, ns, path)
+
+    def running_pod() -> str | None:
+        doc = get(cluster, ns, name)
+        if not any(e.get("s") == "r" for e in doc.get("status", {}).get("map", [])):
+            return None
+        pods = kubectl(
+            cluster,
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            f"kubemr.io/job={name}",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ).stdout.split()
+        return pods[0] if pods else None
+
+    pod = wait_until("a worker pod running a map task", running_pod, 120)
+    kubectl(cluster, "-n", ns, "delete", "pod", pod, "--grace-period=0", "--force")
+    operator = kubectl(
+        cluster,
+        "-n",
+        "kubemr-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=kubemr-operator",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ).stdout
+    kubectl(cluster, "-n", "kubemr-system", "delete", "pod", operator, "--wait=false")
+    doc = wait_phase(cluster, ns, name, timeout=240)
+    assert doc["status"]["phase"] == "Succeeded", doc["status"].get("message")
+    stored = s3_objects(s3, output)
+    assert {k: v for k, v in stored.items() if k.startswith("part-")} == local_results(
+        "bash-wordcount", tmp_path
+    )
+
+
+def test_worker_identity_reaches_only_its_own_job(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    path_a, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path)
+    path_b, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path)
+    a = create(cluster, ns, path_a)
+    b = create(cluster, ns, path_b)
+    wait_until(
+        "job A's worker ServiceAccount",
+        lambda: kubectl(cluster, "-n", ns, "get", "sa", f"{a}-worker", check=False).returncode == 0,
+        60,
+    )
+    token = kubectl(cluster, "-n", ns, "create", "token", f"{a}-worker").stdout.strip()
+
+    def as_worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                cluster.env["DEVCLUSTER_KUBECTL"],
+                "--kubeconfig",
+                cluster.kubeconfig,
+                f"--token={token}",
+                "-n",
+                ns,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    patch = '[{"op":"add","path":"/status/x","value":1}]'
+    assert as_worker("get", "mrj", a).returncode == 0
+    denied = as_worker("patch", "mrj", b, "--subresource=status", "--type=json", "-p", patch)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    assert "forbidden" in as_worker("get", "mrj", b).stderr.lower()
+    assert "forbidden" in as_worker("get", "mrj").stderr.lower()  # no listing
+    assert "forbidden" in as_worker("get", "secrets").stderr.lower()
+    assert (
+        "forbidden"
+        in as_worker(
+            "patch", "mrj", a, "--type=merge", "-p", '{"spec":{"map":"evil"}}'
+        ).stderr.lower()
+    )
+    for name in (a, b):
+        wait_phase(cluster, ns, name)
+
+
+def test_deleting_a_job_deletes_everything_it_owns(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    path, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, map="sleep 30; cat")
+    name = create(cluster, ns, path)
+    kinds = "job,pod,configmap,serviceaccount,role,rolebinding"
+
+    def owned() -> list[str]:
+        out = kubectl(
+            cluster, "-n", ns, "get", kinds, "-l", f"kubemr.io/job={name}", "-o", "name"
+        ).stdout.split()
+        return out
+
+    wait_until("the worker pods", lambda: any(o.startswith("pod/") for o in owned()), 120)
+    assert {o.split("/")[0] for o in owned()} >= {
+        "job.batch",
+        "pod",
+        "configmap",
+        "serviceaccount",
+        "role.rbac.authorization.k8s.io",
+        "rolebinding.rbac.authorization.k8s.io",
+    }
+    kubectl(cluster, "-n", ns, "delete", "mrj", name, "--wait=false")
+    wait_until("every owned object to be deleted", lambda: not owned(), 120)
+
+
+def test_invalid_manifests_are_refused_or_fail_naming_the_field(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    refused, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, partitions=0)
+    out = kubectl(cluster, "-n", ns, "create", "-f", str(refused), check=False)
+    assert out.returncode != 0 and "spec.partitions" in out.stderr
+    typo, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, reducer="cat")
+    out = kubectl(cluster, "-n", ns, "create", "-f", str(typo), check=False)
+    assert out.returncode != 0 and 'unknown field "spec.reducer"' in out.stderr
+    local, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, output="/tmp/out/")
+    name = create(cluster, ns, local)
+    doc = wait_phase(cluster, ns, name, timeout=60)
+    assert doc["status"]["phase"] == "Failed"
+    assert "spec.output" in doc["status"]["message"]
+    assert "Failed" in {e["reason"] for e in events(cluster, ns, name)}
+
+
+def test_two_operators_deploy_each_job_once(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    kubectl(cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=2")
+    try:
+        wait_until(
+            "two operator pods",
+            lambda: (
+                kubectl(
+                    cluster,
+                    "-n",
+                    "kubemr-system",
+                    "get",
+                    "deployment",
+                    "kubemr-operator",
+                    "-o",
+                    "jsonpath={.status.readyReplicas}",
+                ).stdout
+                == "2"
+            ),
+            120,
+        )
+        names = []
+        for _ in range(3):
+            path, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path)
+            names.append(create(cluster, ns, path))
+        for name in names:
+            assert wait_phase(cluster, ns, name)["status"]["phase"] == "Succeeded"
+            deployed = [e for e in events(cluster, ns, name) if e["reason"] == "Deployed"]
+            assert sum(int(e.get("count") or 1) for e in deployed) == 1, deployed
+        logs = kubectl(
+            cluster,
+            "-n",
+            "kubemr-system",
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=kubemr-operator",
+            "--tail=-1",
+        ).stdout
+        for name in names:
+            assert logs.count(f"{ns}/{name}: created Job") == 1
+    finally:
+        kubectl(
+            cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=1"
+        )
+        time.sleep(1)
+
+
+def test_submit_wait_and_results_from_the_cli(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    path, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path)
+    env = {**os.environ, **{k: cluster.env[k] for k in cluster.env if k.startswith("AWS_")}}
+    env["KUBECONFIG"] = cluster.kubeconfig
+    base = [sys.executable, "-m", "kubemr"]
+    proc = subprocess.run(
+        [*base, "submit", str(path), "-n", ns, "--wait", "--timeout", "180"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    name = proc.stdout.split()[0].split("/", 1)[1]
+    cat = subprocess.run(
+        [*base, "results", name, "-n", ns, "--cat"], capture_output=True, env=env, timeout=60
+    )
+    expected = local_results("bash-wordcount", tmp_path)
+    assert cat.stdout == expected["part-r-00000"] + expected["part-r-00001"]
+    logs = subprocess.run(
+        [*base, "logs", name, "-n", ns, "--task", "map-0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert logs.returncode == 0
+    replay = subprocess.run(
+        [*base, "replay", name, "-n", ns, "--task", "map-0"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert replay.returncode == 0 and replay.stdout.count(b"\t1\n") > 100
