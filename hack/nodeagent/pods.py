@@ -154,7 +154,7 @@ class PodWorker(threading.Thread):
         self.reported: Obj | None = None
         self.frozen = False  # terminal before this agent saw it: keep its status
         self.get: Getter = make_getter(node.api.get)
-        self.logs = self.dir / "logs"
+        self.logs: Path = self.dir / "logs"
         self._adopt(pod)
 
     # ---- the agent's side -------------------------------------------------
@@ -176,7 +176,7 @@ class PodWorker(threading.Thread):
                 n = r.restarts - 1 if previous else r.restarts
                 if n < 0:
                     return None
-                return self.logs / container / f"{n}.log"
+                return self.logs / r.name / f"{n}.log"
         return None
 
     def is_running(self, container: str) -> bool:

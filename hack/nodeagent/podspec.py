@@ -245,7 +245,7 @@ class VolumeMaker:
         _project_keys(dest, _data(kind, obj), source.get("items"), mode, what)
 
     def make(self, volume: Obj) -> Path:
-        name = volume["name"]
+        name = str(volume["name"])
         if "hostPath" in volume:
             path = Path(volume["hostPath"]["path"])
             if volume["hostPath"].get("type") in ("DirectoryOrCreate",):

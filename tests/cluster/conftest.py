@@ -1,10 +1,10 @@
 """Fixtures for tests against a real control plane started by ``hack/devcluster``.
 
-The cluster comes up once per test session (or an already running one is
-reused, and then left running); every test gets a namespace of its own that
-is deleted afterwards. Outside CI a machine without Go or bubblewrap skips
-these tests with one line saying how to enable them; in CI (``CI=true``)
-that is a failure, never a skip.
+The cluster comes up once per test session, or an already running one is
+reused; every test gets a namespace of its own that is deleted afterwards.
+Outside CI a machine without Go or bubblewrap skips these tests with one
+line saying how to enable them; in CI (``CI=true``) that is a failure, never
+a skip.
 """
 
 from __future__ import annotations
@@ -17,40 +17,51 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devcluster_support import Cluster, in_ci, missing_prerequisite, read_env, wait_until
-from kubernetes import config  # type: ignore[import-untyped]
+from devcluster_support import Cluster, in_ci, read_env, wait_until
+from kubernetes import config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVCLUSTER = ROOT / "hack" / "devcluster"
 ENV_FILE = ROOT / ".devcluster" / "env"
 
 
-def _start() -> tuple[bool, dict[str, str]]:
-    """Make sure a cluster runs; return (started here, its env)."""
-    status = subprocess.run([str(DEVCLUSTER), "status"], capture_output=True, text=True)
-    if status.returncode == 0 and ENV_FILE.exists():
-        return False, read_env(ENV_FILE)
-    reason = missing_prerequisite()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"{reason} (CI must run the cluster tests)")
-        pytest.skip(reason)
-    up = subprocess.run([str(DEVCLUSTER), "up"], capture_output=True, text=True, timeout=45 * 60)
+def _acquire() -> dict[str, str]:
+    """Make sure a cluster runs and count this session as one of its users."""
+    running = subprocess.run([str(DEVCLUSTER), "status"], capture_output=True).returncode == 0
+    if not running:
+        check = subprocess.run([str(DEVCLUSTER), "check"], capture_output=True, text=True)
+        if check.returncode != 0:
+            reason = f"cluster tests need hack/devcluster: {check.stdout.strip()}"
+            if in_ci():
+                pytest.fail(f"{reason} (CI must run them, not skip them)")
+            pytest.skip(reason)
+    up = subprocess.run(
+        [str(DEVCLUSTER), "acquire", str(os.getpid())],
+        capture_output=True,
+        text=True,
+        timeout=45 * 60,
+    )
     if up.returncode != 0:
         pytest.fail(f"hack/devcluster up failed:\n{up.stderr[-4000:]}")
-    return True, read_env(ENV_FILE)
+    return read_env(ENV_FILE)
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    started, env = _start()
+    """The running devcluster (started for this session if none runs).
+
+    A cluster this or another test session started is stopped when its last
+    session ends; one started by hand with ``hack/devcluster up`` stays up.
+    """
+    env = _acquire()
     api = config.new_client_from_config(config_file=env["KUBECONFIG"])
     try:
         yield Cluster(env=env, api=api)
     finally:
         api.close()
-        if started and not os.environ.get("KUBEMR_DEVCLUSTER_KEEP"):
-            subprocess.run([str(DEVCLUSTER), "down"], capture_output=True, check=False)
+        subprocess.run(
+            [str(DEVCLUSTER), "release", str(os.getpid())], capture_output=True, check=False
+        )
 
 
 @pytest.fixture

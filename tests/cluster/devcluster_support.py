@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,27 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kubernetes import client  # type: ignore[import-untyped]
+from kubernetes import client
 
 T = TypeVar("T")
 
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def missing_prerequisite() -> str | None:
-    """Why the cluster cannot be started here, or None."""
-    if not (shutil.which("go") or os.environ.get("KUBEBUILDER_ASSETS")):
-        return (
-            "cluster tests need Go >= 1.24 (or KUBEBUILDER_ASSETS with etcd and kube-apiserver): "
-            "install Go to enable them"
-        )
-    if not shutil.which("bwrap"):
-        return "cluster tests need bubblewrap: apt-get install bubblewrap busybox-static"
-    if not Path("/bin/busybox").exists():
-        return "cluster tests need a static busybox: apt-get install busybox-static"
-    return None
 
 
 def read_env(path: Path) -> dict[str, str]:

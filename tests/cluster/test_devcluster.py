@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from devcluster_support import Cluster, wait_until
-from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.cluster
 
@@ -175,7 +175,7 @@ def test_deleting_job_in_background_deletes_pods(cluster: Cluster, namespace: st
 
     def gone() -> bool:
         pods = cluster.core.list_namespaced_pod(namespace, label_selector="job-name=sleeper")
-        return not pods.items
+        return not list(pods.items)
 
     wait_until("the job's pods to be deleted", gone, 60)
 
@@ -200,7 +200,7 @@ def test_pod_deletion_sends_sigterm_then_removes_pod(cluster: Cluster, namespace
             try:
                 cluster.pod(namespace, "graceful")
             except ApiException as e:
-                return e.status == 404
+                return bool(e.status == 404)
             return False
 
         wait_until("the pod to be deleted", deleted, 30)
