@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("file", metavar="FILE")
     submit.add_argument("--wait", action="store_true", help="wait; exit 0 if it succeeds, 1 if not")
     submit.add_argument("-o", "--output", metavar="URL", help="override spec.output (s3://...)")
+    submit.add_argument(
+        "--upload",
+        action="store_true",
+        help="copy inputs that are local paths to <output>/_inputs/ first, so the manifest "
+        "`kubemr run` takes runs unchanged on the cluster",
+    )
     submit.add_argument("--timeout", type=float, default=0, help="with --wait: give up after N s")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     _cluster_options(submit)

@@ -11,7 +11,10 @@ name; `locate` decides which (a local run by that name wins unless
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +22,11 @@ from typing import Any
 from kubemr import reporter, state
 from kubemr.errors import JobNotFound, RunError
 from kubemr.kube import Kube, KubeConfig, KubeError
-from kubemr.local import find_run, read_manifest
+from kubemr.local import find_run, read_manifest, resolve_input
 from kubemr.operator.reconcile import cluster_spec
 from kubemr.progress import Progress
+from kubemr.spec import parse_manifest
+from kubemr.storage import join, storage_for
 
 
 @dataclass
@@ -87,6 +92,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.file)
     if args.output:
         manifest.setdefault("spec", {})["output"] = args.output
+    spec = parse_manifest(manifest)
+    if args.upload and spec.output and spec.output.startswith("s3://"):
+        manifest["spec"]["inputs"] = upload_local_inputs(
+            spec.inputs, os.path.dirname(os.path.abspath(args.file)), spec.output
+        )
     cluster_spec(manifest)
     kube = kube_from(args)
     namespace = (
@@ -101,6 +111,43 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     return wait(kube, namespace, name, quiet=args.quiet, timeout=args.timeout)
+
+
+def upload_local_inputs(inputs: tuple[str, ...], base: str, output: str) -> list[str]:
+    """Copy inputs that are local paths to `<output>/_inputs/N/`; return the new input list."""
+    out: list[str] = []
+    for i, item in enumerate(inputs):
+        url = resolve_input(item, base)
+        if not url.startswith("file://"):
+            out.append(item)
+            continue
+        local = storage_for(url)
+        objects = local.list(url)
+        target = join(output, "_inputs", str(i)) + "/"
+        remote = storage_for(target)
+        size = sum(o.size for o in objects)
+        print(
+            f"uploading {item}: {len(objects)} file(s), {size} bytes, to {target}", file=sys.stderr
+        )
+        single = len(objects) == 1 and objects[0].url == url
+        for obj in objects:
+            rel = os.path.basename(obj.url) if single else obj.url[len(url.rstrip("/")) + 1 :]
+            path = local.local_path(obj.url)
+            assert path is not None
+            _upload(remote, path, join(target, rel))
+        out.append(join(target, os.path.basename(url)) if single else target)
+    return out
+
+
+def _upload(remote: Any, path: str, url: str) -> None:
+    """Upload a local file without consuming it."""
+    with tempfile.NamedTemporaryFile(delete=False) as tmp, open(path, "rb") as src:
+        shutil.copyfileobj(src, tmp, 1024 * 1024)
+    try:
+        remote.put_file(tmp.name, url)
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
 
 
 def wait(kube: Kube, namespace: str, name: str, quiet: bool = False, timeout: float = 0) -> int:

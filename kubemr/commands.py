@@ -7,6 +7,7 @@ code. They print results to stdout and everything else to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -117,7 +118,10 @@ def _report(doc: dict[str, Any], name: str, run_dir: str, elapsed: float) -> int
 
 
 def _job(doc: dict[str, Any]) -> Job:
-    return Job.from_doc(doc, shim_config.from_env({**os.environ, "KUBEMR_STORE": "-"}))
+    """The job as this machine reaches its data (through $AWS_ENDPOINT_URL when set)."""
+    config = shim_config.from_env({**os.environ, "KUBEMR_STORE": "-"})
+    config = dataclasses.replace(config, endpoint_override=os.environ.get("AWS_ENDPOINT_URL"))
+    return Job.from_doc(doc, config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -326,6 +330,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     settings = OperatorSettings(
         image=args.image or os.environ.get("KUBEMR_IMAGE") or defaults.image,
         lease_seconds=int(lease) if lease.isdigit() and int(lease) >= 2 else defaults.lease_seconds,
+        s3_endpoint=os.environ.get("KUBEMR_S3_ENDPOINT") or None,
     )
     return operator_main(args.namespace, settings, args.kubeconfig, args.context)
 

@@ -33,6 +33,8 @@ class OperatorSettings:
     image: str = "kubemr/shim:latest"
     image_pull_policy: str = "IfNotPresent"
     lease_seconds: int = 30
+    #: The S3 endpoint worker pods use when a job names none (an in-cluster MinIO, say).
+    s3_endpoint: str | None = None
 
 
 def names(job_name: str) -> dict[str, str]:
@@ -139,8 +141,9 @@ def worker_env(
             "valueFrom": {"secretKeyRef": {"name": secret, "key": "aws_secret_access_key"}},
         },
     ]
-    if spec.storage.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": spec.storage.endpoint})
+    endpoint = spec.storage.endpoint or settings.s3_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
     if spec.storage.region:
         env.append({"name": "AWS_REGION", "value": spec.storage.region})
     return env

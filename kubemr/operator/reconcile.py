@@ -71,8 +71,8 @@ def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
     for i, item in enumerate(spec.inputs):
         if item.startswith(("file://", "/", "./", "../", "~")):
             raise SpecError(
-                f"spec.inputs[{i}] is a local path ({item}); pods cannot read your disk, so put "
-                "it in S3 and give its s3:// URL."
+                f"spec.inputs[{i}] is a local path ({item}); pods cannot read your disk: give an "
+                "s3:// URL, or submit with `kubemr submit --upload` to copy it to S3 first."
             )
     return spec
 

@@ -42,6 +42,9 @@ class ShimConfig:
     combine_command: str | None = None
     reduce_command: str | None = None
     parent_pid: int | None = None
+    #: An S3 endpoint that wins over spec.storage.endpoint: the CLI outside the cluster reaches
+    #: S3 through $AWS_ENDPOINT_URL (a port-forward, say) where pods use the cluster's address.
+    endpoint_override: str | None = None
     #: The environment user commands inherit (before KUBEMR_* task variables are added).
     base_env: Mapping[str, str] = field(default_factory=dict)
 

@@ -63,7 +63,8 @@ class Job:
 
     @property
     def storage_config(self) -> StorageConfig:
-        return StorageConfig(endpoint=self.spec.storage.endpoint, region=self.spec.storage.region)
+        endpoint = self.config.endpoint_override or self.spec.storage.endpoint
+        return StorageConfig(endpoint=endpoint, region=self.spec.storage.region)
 
     def storage(self, url: str) -> Storage:
         return storage_for(url, self.storage_config)

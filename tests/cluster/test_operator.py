@@ -195,10 +195,21 @@ def test_example_completes_with_the_same_bytes_as_kubemr_run(
     # `kubectl get mrj` columns and `kubectl describe` conditions and Events.
     table = kubectl(cluster, "-n", ns, "get", "mrj", name).stdout
     assert "Succeeded" in table and "6/6" in table and "2/2" in table
-    conditions = {c["type"]: c["status"] for c in doc["status"]["conditions"]}
-    assert conditions == {"Deployed": "True", "Complete": "True"}
-    reasons = {e["reason"] for e in events(cluster, ns, name)}
-    assert {"Deployed", "Completed"} <= reasons
+
+    def conditions() -> dict[str, str] | None:
+        found = get(cluster, ns, name)["status"].get("conditions") or []
+        kinds = {c["type"]: c["status"] for c in found}
+        return kinds if "Complete" in kinds else None
+
+    assert wait_until("the Complete condition", conditions, 30) == {
+        "Deployed": "True",
+        "Complete": "True",
+    }
+    wait_until(
+        "Deployed and Completed events",
+        lambda: {"Deployed", "Completed"} <= {e["reason"] for e in events(cluster, ns, name)},
+        30,
+    )
     # Intermediate data is gone after success.
     assert not [k for k in stored if "/data/" in k]
 
@@ -222,9 +233,15 @@ def test_failing_map_command_fails_the_job_with_its_stderr(
     assert "exited with code 4" in status["message"]
     assert "cannot parse record 17" in status["message"]
     assert status["failedTask"].startswith("map-")
-    got = events(cluster, ns, name)
-    reasons = [e["reason"] for e in got]
-    assert "Failed" in reasons and "TaskFailed" in reasons
+    got = wait_until(
+        "Failed and TaskFailed events",
+        lambda: (
+            (ev := events(cluster, ns, name))
+            and {"Failed", "TaskFailed"} <= {e["reason"] for e in ev}
+            and ev
+        ),
+        30,
+    )
     assert any("cannot parse record 17" in e.get("message", "") for e in got)
     # The CLI reports the same and exits 1.
     proc = subprocess.run(
@@ -307,13 +324,33 @@ def test_worker_identity_reaches_only_its_own_job(
     )
     token = kubectl(cluster, "-n", ns, "create", "token", f"{a}-worker").stdout.strip()
 
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    worker_config = tmp_path / "worker-kubeconfig"
+    worker_config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": admin["clusters"],
+                "users": [{"name": "worker", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "worker",
+                        "context": {"cluster": admin["clusters"][0]["name"], "user": "worker"},
+                    }
+                ],
+                "current-context": "worker",
+            }
+        )
+    )
+
     def as_worker(*args: str) -> subprocess.CompletedProcess[str]:
+        """kubectl as job A's worker pods are: its ServiceAccount token, no admin certificate."""
         return subprocess.run(
             [
                 cluster.env["DEVCLUSTER_KUBECTL"],
                 "--kubeconfig",
-                cluster.kubeconfig,
-                f"--token={token}",
+                str(worker_config),
                 "-n",
                 ns,
                 *args,
@@ -380,7 +417,9 @@ def test_invalid_manifests_are_refused_or_fail_naming_the_field(
     doc = wait_phase(cluster, ns, name, timeout=60)
     assert doc["status"]["phase"] == "Failed"
     assert "spec.output" in doc["status"]["message"]
-    assert "Failed" in {e["reason"] for e in events(cluster, ns, name)}
+    wait_until(
+        "a Failed event", lambda: "Failed" in {e["reason"] for e in events(cluster, ns, name)}, 30
+    )
 
 
 def test_two_operators_deploy_each_job_once(
@@ -467,3 +506,50 @@ def test_submit_wait_and_results_from_the_cli(
         timeout=60,
     )
     assert replay.returncode == 0 and replay.stdout.count(b"\t1\n") > 100
+
+
+def test_the_local_manifest_runs_unchanged_with_submit_upload(
+    cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path
+) -> None:
+    """`kubemr submit --upload` copies local inputs to S3; the operator supplies the endpoint."""
+    env = {**os.environ, **{k: cluster.env[k] for k in cluster.env if k.startswith("AWS_")}}
+    env["KUBECONFIG"] = cluster.kubeconfig
+    output = f"s3://{corpus}/upload-{uuid.uuid4().hex[:6]}/"
+    job = EXAMPLES / "bash-wordcount" / "job.yaml"
+    plain = subprocess.run(
+        [sys.executable, "-m", "kubemr", "submit", str(job), "-n", ns, "-o", output],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert plain.returncode == 2 and "--upload" in plain.stderr
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubemr",
+            "submit",
+            str(job),
+            "-n",
+            ns,
+            "-o",
+            output,
+            "--upload",
+            "--wait",
+            "--timeout",
+            "180",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stored = s3_objects(s3, output)
+    assert {k for k in stored if k.startswith("_inputs/0/")} == {
+        f"_inputs/0/{p.name}" for p in CORPUS
+    } | {"_inputs/0/_README"}
+    parts = {k: v for k, v in stored.items() if k.startswith("part-")}
+    assert parts == local_results("bash-wordcount", tmp_path)
