@@ -28,6 +28,8 @@ from botocore.config import Config
 
 import kubemr.storage
 
+pytest.register_assert_rewrite("contract_store")
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef

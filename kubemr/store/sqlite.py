@@ -25,6 +25,50 @@ _SCHEMA = (
 )
 
 
+def as_apiserver(doc: Doc, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rewrite a patch so the `jsonpatch` package applies it as kube-apiserver does.
+
+    kube-apiserver is lenient about a missing last member: `test` of it against null
+    passes, and `replace` of it adds it. The rewrite is judged against the
+    document as the earlier operations of the patch leave it.
+    """
+    lenient = ("test", "replace")
+    if not any(op.get("op") in lenient and _missing_member(doc, op.get("path", "")) for op in ops):
+        return ops  # the usual case: nothing to rewrite, no copy of the document
+    out: list[dict[str, Any]] = []
+    current = json.loads(json.dumps(doc))
+    for op in ops:
+        kind = op.get("op")
+        path = op.get("path", "")
+        if kind in lenient and _missing_member(current, path):
+            if kind == "test" and op.get("value") is None:
+                continue
+            if kind == "replace":
+                op = {**op, "op": "add"}
+        out.append(op)
+        try:
+            current = jsonpatch.apply_patch(current, [op])
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+            out.extend(ops[len(out) :])  # the real application reports the error
+            break
+    return out
+
+
+def _missing_member(doc: Any, path: str) -> bool:
+    """Whether `path` names an absent member of an object that exists."""
+    try:
+        pointer = jsonpointer.JsonPointer(path)
+    except jsonpointer.JsonPointerException:
+        return False
+    if not pointer.parts:
+        return False
+    try:
+        parent = jsonpointer.JsonPointer.from_parts(pointer.parts[:-1]).resolve(doc)
+    except jsonpointer.JsonPointerException:
+        return False
+    return isinstance(parent, dict) and pointer.parts[-1] not in parent
+
+
 class SqliteStore(Store):
     """A job document in a SQLite database file, shared by the processes of one run."""
 
@@ -90,7 +134,7 @@ class SqliteStore(Store):
                 raise JobNotFound(f"{self.path} holds no job.")
             doc = json.loads(row[0])
             try:
-                new = jsonpatch.apply_patch(doc, ops, in_place=True)
+                new = jsonpatch.apply_patch(doc, as_apiserver(doc, ops), in_place=True)
             except jsonpatch.JsonPatchTestFailed as exc:
                 raise Conflict(f"the job changed under us: {exc}") from exc
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:

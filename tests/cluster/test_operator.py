@@ -49,6 +49,7 @@ def installed(cluster: Cluster) -> Iterator[None]:
         "env",
         "deployment/kubemr-operator",
         f"KUBEMR_WORKER_LEASE_SECONDS={LEASE_SECONDS}",
+        f"KUBEMR_S3_ENDPOINT={cluster.env['AWS_ENDPOINT_URL']}",
     )
     kubectl(
         cluster,
