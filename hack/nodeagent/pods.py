@@ -121,12 +121,13 @@ def signal_container(proc: subprocess.Popen[bytes], sig: int) -> None:
                 pass
 
 
-class PodWorker(threading.Thread):
-    """Runs one pod to completion (or until it is deleted)."""
+class PodWorker:
+    """Runs one pod, in a thread of its own, to completion or until it is deleted."""
 
     def __init__(self, node: Node, pod: Obj) -> None:
         meta = pod["metadata"]
-        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        name = f"pod-{meta['namespace']}/{meta['name']}"
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
         self.node = node
         self.uid: str = meta["uid"]
         self.namespace: str = meta["namespace"]
@@ -158,6 +159,9 @@ class PodWorker(threading.Thread):
         self._adopt(pod)
 
     # ---- the agent's side -------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
 
     def update(self, pod: Obj) -> None:
         self.pod = pod
@@ -233,16 +237,26 @@ class PodWorker(threading.Thread):
             self.wake.clear()
             pod = self.pod
             if self.gone:
-                self._stop(self.runs(), 2.0)
+                self._stop_containers(self.runs(), 2.0)
                 self._cleanup()
                 return
             if pod["metadata"].get("deletionTimestamp"):
-                self._delete(pod)
+                self._remove(pod)
                 return
             delay = 5.0
-            if not self.terminal:
-                delay = self._step(pod)
-            self._report(pod)
+            try:
+                if not self.terminal:
+                    delay = self._step(pod)
+                self._report(pod)
+            except ApiError as e:
+                if e.status == 404:  # removed behind our back: stop what runs
+                    self.gone = True
+                    continue
+                log.warning("%s/%s: %s (will retry)", self.namespace, self.pod_name, e)
+                delay = 1.0
+            except OSError as e:  # the apiserver is briefly unreachable
+                log.warning("%s/%s: %s (will retry)", self.namespace, self.pod_name, e)
+                delay = 1.0
             self.wake.wait(delay)
 
     def _step(self, pod: Obj) -> float:
@@ -434,7 +448,7 @@ class PodWorker(threading.Thread):
         else:
             r.done = True
 
-    def _stop(self, runs: list[Run], grace: float) -> None:
+    def _stop_containers(self, runs: list[Run], grace: float) -> None:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL."""
         live = [r for r in runs if r.proc is not None]
         for r in live:
@@ -454,23 +468,23 @@ class PodWorker(threading.Thread):
     def _finish(self, failed: bool) -> None:
         sidecars = [r for r in reversed(self.inits) if r.kind == "sidecar"]
         grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
-        self._stop(sidecars, grace)
+        self._stop_containers(sidecars, grace)
         for r in self.runs():
             r.done = True
         self.terminal = True
         self.phase = "Failed" if failed else "Succeeded"
         log.info("%s/%s: pod %s", self.namespace, self.pod_name, self.phase)
 
-    def _delete(self, pod: Obj) -> None:
+    def _remove(self, pod: Obj) -> None:
         meta = pod["metadata"]
         grace = meta.get("deletionGracePeriodSeconds")
         if grace is None:
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         if not self.terminal:
             t0 = time.monotonic()
-            self._stop([r for r in self.runs() if r.kind != "sidecar"], float(grace))
+            self._stop_containers([r for r in self.runs() if r.kind != "sidecar"], float(grace))
             rest = max(0.0, float(grace) - (time.monotonic() - t0))
-            self._stop([r for r in reversed(self.inits) if r.kind == "sidecar"], rest)
+            self._stop_containers([r for r in reversed(self.inits) if r.kind == "sidecar"], rest)
             ok = all(r.exit_code == 0 for r in self.mains) and self.policy != "Always"
             self.terminal = True
             self.phase = "Succeeded" if ok and self.initialized else "Failed"
