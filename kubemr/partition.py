@@ -5,6 +5,14 @@ when it has fewer separators), as Hadoop Streaming's
 `stream.map.output.field.separator` and `stream.num.map.output.key.fields`
 define it. The hash is CRC-32, never Python's salted `hash`, so every worker
 on every machine sends a key to the same partition.
+
+`distribute` handles lines in any order, one at a time. A map task sorts its
+output before partitioning it, and `distribute_sorted` uses that: lines with
+one key are adjacent, so it finds where each key's run of lines ends with a
+few searches in the buffer (galloping, then bisecting) and moves the run as
+one slice. Per-line Python work is what limits a partitioner; on typical map
+output (many lines per key) this does it once per key instead of once per
+line, and it falls back to the line-by-line splitter when keys rarely repeat.
 """
 
 from __future__ import annotations
@@ -15,6 +23,11 @@ from collections.abc import Callable
 from typing import IO
 
 CHUNK = 1024 * 1024
+SORTED_CHUNK = 4 * 1024 * 1024
+#: Below this many lines per key run, `distribute_sorted` goes line by line for a while.
+MIN_RUN_LINES = 4
+#: How many key runs `distribute_sorted` looks at to decide whether runs are long enough.
+PROBE_RUNS = 1024
 
 
 def key_of(line: bytes, sep: bytes, key_fields: int) -> bytes:
@@ -86,6 +99,144 @@ def distribute(
     if carry:
         count += 1
         for sink, bucket in zip(sinks, split([carry]), strict=True):
+            if bucket:
+                sink.write(bucket[0] + b"\n")
+    return count
+
+
+def _run_end(buf: bytes, lo: int, prefix: bytes) -> int:
+    """Where the run of lines that start with `prefix` ends, in sorted `buf` (complete lines).
+
+    `lo` is the start of a line that starts with `prefix`. In bytewise-sorted
+    lines, those starting with one prefix are contiguous, so the run is found
+    by galloping forward from `lo`, then bisecting, on line starts.
+    """
+    find, startswith = buf.find, buf.startswith
+    n = len(buf)
+    hi = n  # n, or the start of a line known not to start with prefix
+    step = 64
+    while lo + step < n:
+        s = find(b"\n", lo + step) + 1
+        if s >= n:
+            break
+        if not startswith(prefix, s):
+            hi = s
+            break
+        lo = s
+        step <<= 1
+    while hi - lo > 96:
+        mid = (lo + hi) >> 1
+        nl = find(b"\n", mid, hi - 1)
+        if nl < 0:
+            nl = buf.rfind(b"\n", lo, mid)
+            if nl < 0:
+                return hi  # lo's line runs up to hi
+        s = nl + 1
+        if startswith(prefix, s):
+            lo = s
+        else:
+            hi = s
+    s = find(b"\n", lo) + 1
+    while s < hi and startswith(prefix, s):
+        s = find(b"\n", s) + 1
+    return s
+
+
+def split_sorted(
+    buf: bytes, partitions: int, sep: bytes, key_fields: int, probe: int = 0
+) -> tuple[list[list[bytes]], int]:
+    """Bucket sorted complete lines by partition, a run of equal keys at a time.
+
+    Returns the pieces for each partition (in input order) and where it stopped: the end
+    of `buf`, or, when `probe` is set and the first `probe` runs average fewer than
+    `MIN_RUN_LINES` lines, the end of those runs (the rest is cheaper line by line).
+    """
+    crc = zlib.crc32
+    find, startswith = buf.find, buf.startswith
+    width = len(sep)
+    pieces: list[list[bytes]] = [[] for _ in range(partitions)]
+    n = len(buf)
+    i = 0
+    start = 0  # start of the piece being gathered for partition `current`
+    current = -1
+    runs = 0
+    while i < n:
+        eol = find(b"\n", i)
+        j = find(sep, i, eol)
+        fields = 1
+        while j >= 0 and fields < key_fields:
+            j = find(sep, j + width, eol)
+            fields += 1
+        end = eol + 1
+        if j < 0:
+            key = buf[i:eol]  # fewer separators than key fields: the whole line is the key
+        else:
+            key = buf[i:j]
+            prefix = buf[i : j + width]
+            if end < n and startswith(prefix, end):
+                end = _run_end(buf, end, prefix)
+        runs += 1
+        if runs == probe and buf.count(b"\n", 0, end) < MIN_RUN_LINES * probe:
+            n = end
+        p = crc(key) % partitions
+        if p != current:
+            if current >= 0:
+                pieces[current].append(buf[start:i])
+            current, start = p, i
+        i = end
+    if current >= 0:
+        pieces[current].append(buf[start:n])
+    return pieces, n
+
+
+def distribute_sorted(
+    source: IO[bytes],
+    sinks: list[IO[bytes]],
+    sep: bytes,
+    key_fields: int,
+    stop: threading.Event | None = None,
+) -> int:
+    """`distribute` for input sorted bytewise on whole lines (`LC_ALL=C sort`): same result.
+
+    Each sink receives its lines in input order, so its output is sorted too.
+    """
+    line_split = make_splitter(len(sinks), sep, key_fields)
+    carry = b""
+    count = 0
+    by_line = 0  # chunks left to do line by line
+    while True:
+        chunk = source.read(SORTED_CHUNK)
+        if stop is not None and stop.is_set():
+            return count
+        if not chunk:
+            break
+        buf = carry + chunk
+        cut = buf.rfind(b"\n") + 1
+        carry = buf[cut:]
+        if not cut:
+            continue
+        buf = buf[:cut]
+        lines = buf.count(b"\n")
+        count += lines
+        done = 0
+        if not by_line:
+            pieces, done = split_sorted(buf, len(sinks), sep, key_fields, PROBE_RUNS)
+            for sink, piece in zip(sinks, pieces, strict=True):
+                if piece:
+                    sink.write(b"".join(piece))
+            if done < len(buf):
+                by_line = 8  # keys rarely repeat here: line by line for a few chunks
+        else:
+            by_line -= 1
+        if done < len(buf):
+            parts = line_split(buf[done:-1].split(b"\n"))
+            for sink, bucket in zip(sinks, parts, strict=True):
+                if bucket:
+                    bucket.append(b"")
+                    sink.write(b"\n".join(bucket))
+    if carry:
+        count += 1
+        for sink, bucket in zip(sinks, line_split([carry]), strict=True):
             if bucket:
                 sink.write(bucket[0] + b"\n")
     return count

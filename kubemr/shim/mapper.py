@@ -1,11 +1,16 @@
 """A map task: split -> map command -> partition -> sort -> combine -> sorted runs.
 
-The data never sits whole in Python. A thread streams the split into the map
-command's stdin. Its stdout goes straight to the output file (map-only), or
-through an OS pipe into one `sort` (one partition), or through the
-partitioner thread into one `sort` per partition. Each sort's output goes
-through the combiner, if any, into a file; the files are then stored under
-this attempt's own names.
+The data never sits whole in Python. The split reaches the map command's
+stdin as the input file itself, or through a pipe that a thread fills
+(`kubemr.shim.stdin`: sendfile for local files, streaming for the rest). Its
+stdout goes straight to the output file (map-only), or
+through an OS pipe into one `sort`. With one partition, the sort's output
+goes through the combiner, if any, into a file. With more, the partitioner
+thread splits the sorted stream by partition (lines with one key are
+adjacent there, so it moves a run of them at a time) into one file, or one
+combiner and then a file, per partition: each partition's lines stay sorted,
+and a combiner sees exactly the sorted lines of its partition. The files are
+then stored under this attempt's own names.
 """
 
 from __future__ import annotations
@@ -14,34 +19,15 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Callable
 from typing import IO
 
 from kubemr import layout
 from kubemr.errors import TaskFailed
-from kubemr.partition import distribute
-from kubemr.plan import Split, read_split
+from kubemr.partition import distribute_sorted
+from kubemr.plan import Split
 from kubemr.shim.attempt import Attempt, Failure
 from kubemr.shim.process import Proc, shell, wait_all
-from kubemr.storage.base import Storage
-
-
-def feed(
-    split: Split, storage_for: Callable[[str], Storage], sink: IO[bytes], failure: Failure
-) -> None:
-    """Stream the split into the command's stdin; a command may stop reading early."""
-    try:
-        for chunk in read_split(split, storage_for):
-            sink.write(chunk)
-    except BrokenPipeError:
-        pass
-    except BaseException as exc:  # reported by the main thread
-        failure.record(exc)
-    finally:
-        try:
-            sink.close()
-        except BrokenPipeError:
-            pass
+from kubemr.shim.stdin import feed, local_ranges, open_whole, send_ranges
 
 
 def run_map(att: Attempt, split: Split, workdir: str) -> bool:
@@ -53,41 +39,52 @@ def run_map(att: Attempt, split: Split, workdir: str) -> bool:
     procs: list[Proc] = []
     threads: list[threading.Thread] = []
     outputs: list[tuple[str, str]] = []  # (local file, storage URL)
+    ranges = local_ranges(split, job.storage)
+    whole = open_whole(ranges) if ranges is not None else None
+    stdin: int = subprocess.PIPE if whole is None else whole
 
-    if partitions == 0:
-        local = os.path.join(att.out, layout.result_name(att.task))
-        outputs.append((local, layout.task_result(workdir, att.task, att.number)))
-        with open(local, "wb") as out:
-            mapper = att.proc("map command", shell(job.commands.map), env, subprocess.PIPE, out)
-        procs.append(mapper)
-    else:
-        mapper = att.proc(
-            "map command", shell(job.commands.map), env, subprocess.PIPE, subprocess.PIPE
-        )
-        procs.append(mapper)
+    try:
+        if partitions == 0:
+            local = os.path.join(att.out, layout.result_name(att.task))
+            outputs.append((local, layout.task_result(workdir, att.task, att.number)))
+            with open(local, "wb") as out:
+                mapper = att.proc("map command", shell(job.commands.map), env, stdin, out)
+        else:
+            mapper = att.proc("map command", shell(job.commands.map), env, stdin, subprocess.PIPE)
+    finally:
+        if whole is not None:
+            os.close(whole)  # the command has its own copy
+    procs.append(mapper)
+    if partitions > 0:
         assert mapper.popen.stdout is not None
-        sinks: list[IO[bytes]] = []
-        for p in range(partitions):
-            local = os.path.join(att.out, f"part-{p:05d}")
+        files = [os.path.join(att.out, f"part-{p:05d}") for p in range(partitions)]
+        for p, local in enumerate(files):
             outputs.append((local, layout.map_run(workdir, att.task, att.number, p)))
-            source = mapper.popen.stdout if partitions == 1 else subprocess.PIPE
-            stage_procs = _sort_and_combine(att, env, source, local)
-            procs.extend(stage_procs)
-            if partitions > 1:
-                stdin = stage_procs[0].popen.stdin
-                assert stdin is not None
-                sinks.append(stdin)
         if partitions == 1:
+            procs.extend(_sort_and_combine(att, env, mapper.popen.stdout, files[0]))
             mapper.popen.stdout.close()  # the sort owns the read end now
         else:
-            threads.append(_start_partitioner(att, mapper.popen.stdout, sinks, failure))
+            sorter = att.proc(
+                "sort", att.sort_argv(), att.sort_env(), mapper.popen.stdout, subprocess.PIPE
+            )
+            mapper.popen.stdout.close()
+            procs.append(sorter)
+            assert sorter.popen.stdout is not None
+            sinks = _partition_sinks(att, env, files, procs)
+            threads.append(_start_partitioner(att, sorter.popen.stdout, sinks, failure))
 
-    assert mapper.popen.stdin is not None
-    feeder = threading.Thread(
-        target=feed, args=(split, job.storage, mapper.popen.stdin, failure), daemon=True
-    )
-    feeder.start()
-    threads.append(feeder)
+    if whole is None:
+        assert mapper.popen.stdin is not None
+        if ranges is not None:
+            feeder = threading.Thread(
+                target=send_ranges, args=(ranges, mapper.popen.stdin, failure), daemon=True
+            )
+        else:
+            feeder = threading.Thread(
+                target=feed, args=(split, job.storage, mapper.popen.stdin, failure), daemon=True
+            )
+        feeder.start()
+        threads.append(feeder)
     try:
         wait_all(procs, att.watch, threads)
     finally:
@@ -121,17 +118,35 @@ def _sort_and_combine(
         return [sorter, combiner]
 
 
+def _partition_sinks(
+    att: Attempt, env: dict[str, str], files: list[str], procs: list[Proc]
+) -> list[IO[bytes]]:
+    """Where each partition's sorted lines go: its file, or its combine command's stdin."""
+    combine = att.job.commands.combine
+    if not combine:
+        return [open(local, "wb") for local in files]  # closed by the partitioner
+    sinks: list[IO[bytes]] = []
+    for local in files:
+        with open(local, "wb") as out:
+            combiner = att.proc("combine command", shell(combine), env, subprocess.PIPE, out)
+        procs.append(combiner)
+        assert combiner.popen.stdin is not None
+        sinks.append(combiner.popen.stdin)
+    return sinks
+
+
 def _start_partitioner(
     att: Attempt, source: IO[bytes], sinks: list[IO[bytes]], failure: Failure
 ) -> threading.Thread:
+    """Split the sorted map output by partition, in a thread; it closes source and sinks."""
     sep = att.job.spec.separator.encode()
     fields = att.job.spec.key_fields
 
     def run() -> None:
         try:
-            distribute(source, sinks, sep, fields, att.watch.cancel)
+            distribute_sorted(source, sinks, sep, fields, att.watch.cancel)
         except BrokenPipeError:
-            failure.record(TaskFailed("a sort process stopped reading its partition"))
+            failure.record(TaskFailed("a combine command stopped reading its partition"))
         except BaseException as exc:
             failure.record(exc)
         finally:
@@ -139,8 +154,9 @@ def _start_partitioner(
             for sink in sinks:
                 try:
                     sink.close()
-                except BrokenPipeError:
-                    pass
+                except OSError as exc:
+                    if not isinstance(exc, BrokenPipeError):
+                        failure.record(exc)
 
     thread = threading.Thread(target=run, daemon=True, name=f"partition-{att.task.name}")
     thread.start()

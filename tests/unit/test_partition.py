@@ -4,7 +4,10 @@ Covers `kubemr.partition`: `key_of` with one and two key fields and with
 missing separators; `partition_of` against CRC-32 values fixed here (so a
 change of hash, which would send keys to different reducers across versions
 and machines, fails); and `distribute`, which must keep every line exactly
-once, end the last line, and send equal keys to the same sink.
+once, end the last line, and send equal keys to the same sink; and
+`distribute_sorted`, which must give exactly what `distribute` gives on
+sorted input, whether key runs are long (moved whole) or short (line by line),
+with multi-byte separators and several key fields.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubemr.partition import distribute, key_of, make_splitter, partition_of
+from kubemr.partition import (
+    distribute,
+    distribute_sorted,
+    key_of,
+    make_splitter,
+    partition_of,
+    split_sorted,
+)
 
 
 @pytest.mark.parametrize(
@@ -173,3 +183,55 @@ def test_distribute_keeps_every_line_once_and_groups_keys(
     for index, out in enumerate(outs):
         for line in out.split(b"\n")[:-1]:
             assert home.setdefault(key_of(line, sep, fields), index) == index
+
+
+def run_sorted(
+    data: bytes, sinks: int, sep: bytes = b"\t", fields: int = 1, step: int = 1 << 20
+) -> tuple[int, list[bytes]]:
+    outs = [io.BytesIO() for _ in range(sinks)]
+    count = distribute_sorted(Trickle(data, step), list(outs), sep, fields)
+    return count, [o.getvalue() for o in outs]
+
+
+def test_distribute_sorted_moves_runs_of_a_key_whole() -> None:
+    lines = sorted(b"%s\t%d" % (w, i) for w in (b"a", b"b", b"the", b"zz") for i in range(5000))
+    data = b"\n".join(lines) + b"\n"
+    assert run_sorted(data, 3) == run(data, 3)
+
+
+def test_distribute_sorted_line_by_line_when_keys_do_not_repeat() -> None:
+    lines = sorted(b"%08d\tv" % (i * 7919 % 100003) for i in range(100000))
+    data = b"\n".join(lines) + b"\n"
+    assert run_sorted(data, 4, step=65536) == run(data, 4)
+
+
+def test_split_sorted_stops_after_the_probe_when_runs_are_short() -> None:
+    data = b"".join(b"%06d\tv\n" % i for i in range(5000))
+    pieces, done = split_sorted(data, 2, b"\t", 1, probe=100)
+    assert done == 100 * len(b"000000\tv\n")
+    got = b"".join(b"".join(p) for p in pieces).splitlines()
+    assert sorted(got) == data[:done].splitlines()
+    assert split_sorted(data, 2, b"\t", 1)[1] == len(data)
+
+
+sorted_lines = st.lists(
+    st.sampled_from([b"a", b"a\t1", b"a\t2", b"a,b", b"a,b,c", b"a\x01", b"", b"b\tx", b"\t"])
+    | st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"")),
+    max_size=400,
+).map(sorted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sorted_lines,
+    st.booleans(),
+    st.integers(min_value=1, max_value=5),
+    st.sampled_from([b"\t", b",", b"ab", b"aa"]),
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=1, max_value=300),
+)
+def test_distribute_sorted_is_distribute_on_sorted_input(
+    body: list[bytes], final_newline: bool, sinks: int, sep: bytes, fields: int, step: int
+) -> None:
+    data = b"\n".join(body) + (b"\n" if final_newline and body else b"")
+    assert run_sorted(data, sinks, sep, fields, step) == run(data, sinks, sep, fields, step)
