@@ -561,3 +561,41 @@ def test_the_local_manifest_runs_unchanged_with_submit_upload(
     } | {"_inputs/0/_README"}
     parts = {k: v for k, v in stored.items() if k.startswith("part-")}
     assert parts == local_results("bash-wordcount", tmp_path)
+
+
+def test_pods_that_cannot_start_fail_the_job_with_the_reason(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    """A missing Secret keeps every worker pod from starting: the job says so and stops."""
+    path, _ = cluster_manifest(
+        cluster,
+        "bash-wordcount",
+        corpus,
+        tmp_path,
+        storage={"endpoint": cluster.env["AWS_ENDPOINT_URL"], "secretName": "no-such-secret"},
+    )
+    name = create(cluster, ns, path)
+    doc = wait_phase(cluster, ns, name, timeout=120)
+    assert doc["status"]["phase"] == "Failed"
+    assert "cannot start: CreateContainerConfigError" in doc["status"]["message"]
+    assert "no-such-secret" in doc["status"]["message"]
+    wait_until(
+        "the worker Job to be deleted",
+        lambda: kubectl(cluster, "-n", ns, "get", "job", name, check=False).returncode != 0,
+        60,
+    )
+
+
+def test_finished_jobs_are_deleted_after_their_ttl(
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+) -> None:
+    path, _ = cluster_manifest(
+        cluster, "bash-wordcount", corpus, tmp_path, ttlSecondsAfterFinished=2
+    )
+    name = create(cluster, ns, path)
+    assert wait_phase(cluster, ns, name)["status"]["phase"] == "Succeeded"
+    wait_until(
+        "the MapReduceJob to be deleted after its TTL",
+        lambda: kubectl(cluster, "-n", ns, "get", "mrj", name, check=False).returncode != 0,
+        90,
+    )
