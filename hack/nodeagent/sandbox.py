@@ -41,6 +41,7 @@ class Image:
     path: str = DEFAULT_PATH
     entrypoint: tuple[str, ...] = ()
     hide: tuple[str, ...] = ()
+    binds: tuple[str, ...] = ()  # host paths shown read-only at the same place
 
 
 def _repository(image: str) -> tuple[str, list[str]]:
@@ -134,9 +135,16 @@ class Images:
         if name == "busybox" and parts[:-1] in ([], ["library"]):
             return Image(image, self.busybox_rootfs, entrypoint=("sh",))
         if any(p.startswith("kubemr") for p in parts):
-            venv = self.project_root / ".venv" / "bin"
+            venv = self.project_root / ".venv"
+            # a checkout under /tmp (a private tmpfs in the sandbox) must still show
+            binds = {str(self.project_root), os.path.realpath(venv)}
             return Image(
-                image, Path("/"), path=f"{venv}:{DEFAULT_PATH}", entrypoint=("kubemr",), hide=hide
+                image,
+                Path("/"),
+                path=f"{venv / 'bin'}:{DEFAULT_PATH}",
+                entrypoint=("kubemr",),
+                hide=hide,
+                binds=tuple(sorted(binds)),
             )
         if name in ("debian", "ubuntu", "python") and parts[:-1] in ([], ["library"]):
             return Image(image, Path("/"), entrypoint=("sh",), hide=hide)
@@ -184,6 +192,9 @@ class Sandbox:
         for d in ("/proc", "/dev", "/tmp", "/run"):
             self.mounts[d] = None
         self.writable |= {"/tmp", "/run"}
+        for path in image.binds:
+            if os.path.isdir(path):
+                self.bind(Mount(path, path, read_only=True))
         for hidden in image.hide:
             if self._host_path(hidden) is not None and os.path.isdir(hidden):
                 self.args += ["--tmpfs", hidden]
