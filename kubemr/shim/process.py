@@ -117,6 +117,7 @@ class Proc:
         registry: str | None = None,
     ) -> None:
         self.label = label
+        self.reaped = False
         self.popen = subprocess.Popen(
             list(argv),
             cwd=cwd,
@@ -203,6 +204,12 @@ def wait_all(procs: Sequence[Proc], watch: Watch, threads: Sequence[threading.Th
         while True:
             watch.check()
             running = [p for p in procs if p.popen.poll() is None]
+            for p in procs:
+                if p.popen.returncode is not None and not p.reaped:
+                    # What a finished command left running in its group (`cmd &`) would keep
+                    # its pipes open, and so the task, forever: end it with its command.
+                    p.reaped = True
+                    _signal_group(p.popen.pid, signal.SIGKILL)
             if running:
                 try:
                     running[0].popen.wait(timeout=0.05)
