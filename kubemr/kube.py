@@ -41,6 +41,10 @@ class AlreadyExists(KubeError):
     """An object by that name exists."""
 
 
+class Invalid(KubeError):
+    """The API server refused to create an object as invalid (422): retrying will not help."""
+
+
 class TemporaryKubeError(KubeError, TemporaryError):
     """The API server is unreachable or overloaded; retry."""
 
@@ -260,7 +264,10 @@ class Kube:
         try:
             calls[kind](ns, obj)
         except Exception as exc:
-            raise _translate(exc, f"creating {kind} {ns}/{obj['metadata']['name']}") from exc
+            err = _translate(exc, f"creating {kind} {ns}/{obj['metadata']['name']}")
+            if isinstance(err, Conflict):  # 422 on a create: the object is invalid, not a race
+                raise Invalid(str(err).rstrip(".") + ".") from exc
+            raise err from exc
 
     def get_batch_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

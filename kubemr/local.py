@@ -29,6 +29,7 @@ from kubemr import layout, state
 from kubemr.errors import InputError, KubemrError, RunError, SpecError
 from kubemr.plan import classify, list_inputs
 from kubemr.progress import Progress
+from kubemr.shim.process import kill_registered
 from kubemr.spec import JobSpec, load_manifest, parse_manifest
 from kubemr.storage import storage_for, to_url
 from kubemr.storage.base import StorageConfig
@@ -174,6 +175,10 @@ class LocalRun:
         store.close()
         os.replace(partial, path)
 
+    def _registry(self, slot: int) -> str:
+        """Where worker `slot` records its commands' process groups (see `Attempt.registry`)."""
+        return os.path.join(self.run_dir, "scratch", f"w{slot}", "pgids")
+
     def _spawn(self, slot: int) -> None:
         self.spawned += 1
         env = dict(os.environ)
@@ -187,15 +192,21 @@ class LocalRun:
             }
         )
         log_path = os.path.join(self.run_dir, "logs", f"worker-{slot}.log")
-        with open(log_path, "ab") as log:
-            self.procs[slot] = subprocess.Popen(
-                [sys.executable, "-m", "kubemr", "shim"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        try:
+            with open(log_path, "ab") as log:
+                self.procs[slot] = subprocess.Popen(
+                    [sys.executable, "-m", "kubemr", "shim"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise RunError(
+                f"cannot start worker process {slot}: {exc.filename or log_path}: "
+                f"{exc.strerror or exc}."
+            ) from exc
 
     def reclaim(self) -> None:
         """On resume: hand back the tasks held by workers of an earlier `kubemr run`."""
@@ -242,6 +253,9 @@ class LocalRun:
                     code = proc.poll()
                     if code is None or code == 0:
                         continue
+                    # A worker that died (kill -9, out of memory) leaves its commands running
+                    # in process groups of their own; they would run on, unseen, until done.
+                    kill_registered(self._registry(slot))
                     if code == 2 or restarts_left <= 0:
                         self._fail(
                             f"worker processes keep failing (last exit code {code}); see "
@@ -286,7 +300,7 @@ class LocalRun:
         for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
             alive = [p for p in self.procs.values() if p.poll() is None]
             if not alive:
-                return
+                break
             for p in alive:
                 try:
                     os.killpg(p.pid, sig)
@@ -295,3 +309,5 @@ class LocalRun:
             end = time.monotonic() + wait
             while time.monotonic() < end and any(p.poll() is None for p in alive):
                 time.sleep(0.05)
+        for slot in self.procs:
+            kill_registered(self._registry(slot))

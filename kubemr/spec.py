@@ -34,6 +34,9 @@ MIN_SPLIT_SIZE = 1024
 MAX_SPLIT_SIZE = 64 * 1024**3
 MAX_FILES_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB, with metadata
 MAX_INPUTS = 100000
+#: Values a manifest may hold once YAML aliases are expanded (a "billion laughs" document
+#: is a few lines of YAML that expands to gigabytes when written out as JSON).
+MAX_VALUES = 1_000_000
 
 SPEC_FIELDS = (
     "replicas",
@@ -156,7 +159,27 @@ def load_manifest(text: str, source: str = "the manifest") -> dict[str, Any]:
     doc = docs[0]
     if not isinstance(doc, dict):
         raise SpecError(f"{source} must be a mapping (apiVersion, kind, metadata, spec).")
+    if _values(doc, MAX_VALUES) > MAX_VALUES:
+        raise SpecError(
+            f"{source} expands to more than {MAX_VALUES} values; YAML aliases (*name) repeat "
+            "their anchor's whole value each time they are used."
+        )
     return doc
+
+
+def _values(doc: Any, limit: int) -> int:
+    """How many values `doc` holds with every alias expanded, counting no further than `limit`."""
+    seen = 0
+    stack = [doc]
+    while stack and seen <= limit:
+        value = stack.pop()
+        seen += 1
+        if isinstance(value, dict):
+            stack.extend(value.values())
+            seen += len(value)
+        elif isinstance(value, list):
+            stack.extend(value)
+    return seen
 
 
 def parse_manifest(doc: Mapping[str, Any]) -> JobSpec:
@@ -192,6 +215,8 @@ def parse_manifest(doc: Mapping[str, Any]) -> JobSpec:
         )
     if namespace is not None:
         _dns_label(namespace, "metadata.namespace", 63)
+    for key in ("labels", "annotations"):
+        _string_map(meta.get(key), f"metadata.{key}")
     spec = doc.get("spec")
     if spec is None:
         raise SpecError("spec is missing; a MapReduceJob needs at least spec.inputs and spec.map.")
@@ -233,9 +258,7 @@ def parse_spec(
     image = _opt_str(spec, "image", "spec.")
     if image is not None and not image.strip():
         raise SpecError("spec.image must not be empty.")
-    template = spec.get("template")
-    if template is not None and not isinstance(template, Mapping):
-        raise SpecError("spec.template must be a PodTemplateSpec mapping.")
+    template = _template(spec.get("template"))
     split_size = _size(spec.get("splitSize"))
     max_attempts = _int(spec, "maxAttempts", DEFAULT_MAX_ATTEMPTS, 1, MAX_ATTEMPTS)
     task_timeout = _int(spec, "taskTimeoutSeconds", DEFAULT_TASK_TIMEOUT, 1, MAX_TASK_TIMEOUT)
@@ -269,7 +292,7 @@ def parse_spec(
         output=output,
         storage=storage,
         image=image,
-        template=dict(template) if template is not None else None,
+        template=template,
         split_size=split_size,
         max_attempts=max_attempts,
         task_timeout=task_timeout,
@@ -466,6 +489,74 @@ def _env(value: Any) -> dict[str, str]:
             raise SpecError(f"spec.env.{key} must be a string, got {_describe(text)}.")
         out[key] = str(text)
     return out
+
+
+#: Pod fields a template may not set: they would let a job's pods reach the node (host
+#: namespaces, init containers that escape the locked-down worker container).
+FORBIDDEN_POD_FIELDS = (
+    "hostNetwork",
+    "hostPID",
+    "hostIPC",
+    "hostUsers",
+    "initContainers",
+    "ephemeralContainers",
+)
+_POD_LISTS = ("containers", "volumes", "tolerations", "imagePullSecrets", "hostAliases")
+_CONTAINER_LISTS = ("env", "envFrom", "volumeMounts")
+
+
+def _template(value: Any) -> dict[str, Any] | None:
+    """A PodTemplateSpec to merge into the worker pods: shapes checked, host access refused."""
+    if value is None:
+        return None
+    where = "spec.template"
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{where} must be a PodTemplateSpec mapping, got {_describe(value)}.")
+    _unknown(value, ("metadata", "spec"), f"{where}.")
+    meta = value.get("metadata")
+    if meta is not None:
+        if not isinstance(meta, Mapping):
+            raise SpecError(f"{where}.metadata must be a mapping, got {_describe(meta)}.")
+        for key in ("labels", "annotations"):
+            items = meta.get(key)
+            _string_map(items, f"{where}.metadata.{key}")
+    pod = value.get("spec")
+    if pod is not None:
+        if not isinstance(pod, Mapping):
+            raise SpecError(f"{where}.spec must be a PodSpec mapping, got {_describe(pod)}.")
+        for key in FORBIDDEN_POD_FIELDS:
+            if key in pod:
+                raise SpecError(
+                    f"{where}.spec.{key} is not allowed: worker pods never get host access or "
+                    "extra containers."
+                )
+        for key in _POD_LISTS:
+            _list_of_mappings(pod.get(key), f"{where}.spec.{key}")
+        for i, volume in enumerate(pod.get("volumes") or []):
+            if "hostPath" in volume:
+                raise SpecError(
+                    f"{where}.spec.volumes[{i}] is a hostPath volume; worker pods may not mount "
+                    "the node's files."
+                )
+        for i, container in enumerate(pod.get("containers") or []):
+            for key in _CONTAINER_LISTS:
+                _list_of_mappings(container.get(key), f"{where}.spec.containers[{i}].{key}")
+    return dict(value)
+
+
+def _string_map(value: Any, where: str) -> None:
+    if value is not None and (
+        not isinstance(value, Mapping)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    ):
+        raise SpecError(f"{where} must be a mapping of strings to strings.")
+
+
+def _list_of_mappings(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise SpecError(f"{where} must be a list of mappings, got {_describe(value)}.")
 
 
 def _output(value: str) -> None:

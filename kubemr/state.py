@@ -21,13 +21,18 @@ The status, compact so that a 10,000-task job fits in one Kubernetes object:
     results, counters, message, startTime, completionTime
 
 A task entry: {"s": state, "a": attempts started, "f": attempts failed
-(absent when 0), "h": holder, "x": lease expiry (epoch seconds), "e": last
-error, "c": 1 if the attempt wrote counters, "m": last reporter status}.
+(absent when 0), "t": attempts that failed for a temporary reason, such as
+S3 or the network being briefly away (absent when 0), "h": holder, "x": lease
+expiry (epoch seconds), "e": last error, "c": 1 if the attempt wrote
+counters, "m": last reporter status}.
 States: "p" pending, "r" running, "d" done, "f" failed. A claim increments
 "a", so every attempt has its own number and its own output names; a commit
 tests the exact entry its holder wrote, so a worker whose lease was taken
 over can never commit. A failed attempt or a lost lease counts in "f"; a
 worker that is asked to stop releases its task without counting a failure.
+An attempt that failed for a temporary reason counts in "t" instead, up to
+MAX_TEMPORARY_FAILURES, so that a restart of the S3 server does not use up a
+task's attempts in the seconds it takes.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ SINGLE_STAGES = ("plan", "publish")
 MAX_ERROR_CHARS = 400
 MAX_STATUS_CHARS = 120
 MAX_MESSAGE_CHARS = 1000
+#: Temporary failures a task may have before they count as failures.
+MAX_TEMPORARY_FAILURES = 10
 #: How many of the first claimable tasks a worker chooses among, to spread workers out.
 PICK_WINDOW = 64
 
@@ -184,17 +191,21 @@ def _add(path: str, value: Any) -> dict[str, Any]:
     return {"op": "add", "path": path, "value": value}
 
 
-def _running(attempt: int, failures: int, s: Settings) -> Entry:
+def _running(attempt: int, failures: int, s: Settings, temporary: int = 0) -> Entry:
     entry: Entry = {"s": RUNNING, "a": attempt, "h": s.holder, "x": int(s.now) + s.lease_seconds}
     if failures:
         entry["f"] = failures
+    if temporary:
+        entry["t"] = temporary
     return entry
 
 
-def _pending(attempts: int, failures: int, error: str | None = None) -> Entry:
+def _pending(attempts: int, failures: int, error: str | None = None, temporary: int = 0) -> Entry:
     entry: Entry = {"s": PENDING, "a": attempts}
     if failures:
         entry["f"] = failures
+    if temporary:
+        entry["t"] = temporary
     if error:
         entry["e"] = error
     return entry
@@ -227,7 +238,7 @@ def _take(task: Task, entry: Entry, s: Settings) -> Action:
                 f"{entry.get('e', 'no reason recorded')}"
             )
         return Advance(fail_job(task, entry, why, s.now), why)
-    new = _running(attempts + 1, failures, s)
+    new = _running(attempts + 1, failures, s, int(entry.get("t", 0)))
     return Claim(task, new, [_test(task.path, entry), _replace(task.path, new)])
 
 
@@ -348,10 +359,29 @@ def commit_publish(
 
 
 def fail_attempt(
-    task: Task, mine: Entry, reason: str, max_attempts: int, now: float, permanent: bool = False
+    task: Task,
+    mine: Entry,
+    reason: str,
+    max_attempts: int,
+    now: float,
+    permanent: bool = False,
+    temporary: bool = False,
 ) -> Patch:
-    """My attempt failed: make the task pending again, or fail the job when attempts are used up."""
-    reason = _clip(reason)
+    """My attempt failed: make the task pending again, or fail the job when attempts are used up.
+
+    A `temporary` failure (storage or network briefly away) does not count toward
+    `max_attempts` until the task has had MAX_TEMPORARY_FAILURES of them."""
+    reason = clip(reason)
+    temporaries = int(mine.get("t", 0))
+    if temporary and not permanent and temporaries < MAX_TEMPORARY_FAILURES:
+        return [
+            _test("/status/phase", STAGE_PHASE[task.stage]),
+            _test(task.path, mine),
+            _replace(
+                task.path,
+                _pending(int(mine["a"]), int(mine.get("f", 0)), reason, temporaries + 1),
+            ),
+        ]
     failures = int(mine.get("f", 0)) + 1
     if permanent:
         return fail_job(task, mine, f"{task.name} failed: {reason}", now)
@@ -361,7 +391,7 @@ def fail_attempt(
     return [
         _test("/status/phase", STAGE_PHASE[task.stage]),
         _test(task.path, mine),
-        _replace(task.path, _pending(int(mine["a"]), failures, reason)),
+        _replace(task.path, _pending(int(mine["a"]), failures, reason, temporaries)),
     ]
 
 
@@ -370,7 +400,10 @@ def release(task: Task, mine: Entry) -> Patch:
     return [
         _test("/status/phase", STAGE_PHASE[task.stage]),
         _test(task.path, mine),
-        _replace(task.path, _pending(int(mine["a"]), int(mine.get("f", 0)), mine.get("e"))),
+        _replace(
+            task.path,
+            _pending(int(mine["a"]), int(mine.get("f", 0)), mine.get("e"), int(mine.get("t", 0))),
+        ),
     ]
 
 
@@ -379,15 +412,16 @@ def fail_job(task: Task, seen: Entry, why: str, now: float) -> Patch:
     return [
         _test("/status/phase", STAGE_PHASE[task.stage]),
         _test(task.path, seen),
-        _replace(task.path, {"s": FAILED, "a": seen.get("a", 0), "e": _clip(why)}),
+        _replace(task.path, {"s": FAILED, "a": seen.get("a", 0), "e": clip(why)}),
         _replace("/status/phase", FAILED_PHASE),
-        _add("/status/message", _clip(why, MAX_MESSAGE_CHARS)),
+        _add("/status/message", clip(why, MAX_MESSAGE_CHARS)),
         _add("/status/failedTask", task.name),
         _add("/status/completionTime", iso(now)),
     ]
 
 
-def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` cut to at most `limit` characters, keeping its end (where errors say why)."""
     text = text.strip()
     if len(text) <= limit:
         return text

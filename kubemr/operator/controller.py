@@ -20,9 +20,9 @@ from types import FrameType
 from typing import Any
 
 from kubemr.errors import Conflict, JobNotFound, KubemrError, SpecError
-from kubemr.kube import AlreadyExists, Gone, Kube, KubeConfig
+from kubemr.kube import AlreadyExists, Gone, Invalid, Kube, KubeConfig
 from kubemr.operator.desired import LABEL, OperatorSettings, names
-from kubemr.operator.reconcile import Observed, Plan, reconcile
+from kubemr.operator.reconcile import Observed, Plan, reconcile, refused
 
 log = logging.getLogger("kubemr.operator")
 
@@ -106,6 +106,9 @@ class Controller:
             except KubemrError as exc:
                 log.warning("reconciling %s/%s failed: %s", ns, name, exc)
                 return
+            except Exception:  # one job must never take the operator down for every other job
+                log.exception("reconciling %s/%s failed unexpectedly", ns, name)
+                return
 
     def _first(self, *key: str) -> bool:
         k = (key[0], key[1], key[2])
@@ -123,6 +126,10 @@ class Controller:
                 log.info("%s/%s: created %s %s", ns, name, child["kind"], child["metadata"]["name"])
             except AlreadyExists:
                 pass
+            except Invalid as exc:
+                log.warning("%s/%s: %s", ns, name, exc)
+                self.apply(obj, refused(obj, str(exc), time.time()))
+                return
         for patch in plan.patches:
             self.kube.patch_job_status(ns, name, patch)
         uid = str(obj["metadata"].get("uid"))

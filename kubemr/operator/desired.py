@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemr.kube import GROUP, KIND, VERSION
-from kubemr.spec import JobSpec
+from kubemr.spec import FORBIDDEN_POD_FIELDS, JobSpec
 
 LABEL = "kubemr.io/job"
 DEFAULT_SECRET = "aws"
@@ -206,7 +206,15 @@ def batch_job(mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings)
 #: Fields of the worker container a user's template may set.
 CONTAINER_FIELDS = ("resources", "env", "envFrom", "volumeMounts", "imagePullPolicy", "workingDir")
 #: Pod fields kubemr sets itself and a template may not change.
-LOCKED_POD_FIELDS = ("serviceAccountName", "containers", "restartPolicy", "securityContext")
+LOCKED_POD_FIELDS = (
+    "serviceAccountName",
+    "serviceAccount",
+    "automountServiceAccountToken",
+    "containers",
+    "restartPolicy",
+    "securityContext",
+    *FORBIDDEN_POD_FIELDS,
+)
 
 
 def merge_template(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,7 +229,7 @@ def merge_template(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str,
     spec = theirs.get("spec") or {}
     pod = out["spec"]
     for key, value in spec.items():
-        if key in LOCKED_POD_FIELDS:
+        if key in LOCKED_POD_FIELDS or value is None:  # null means unset, as in kubectl apply
             continue
         if key == "volumes" and isinstance(value, list):
             pod["volumes"] = pod["volumes"] + copy.deepcopy(value)
@@ -232,7 +240,7 @@ def merge_template(ours: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str,
         theirs_c = next((c for c in containers if c.get("name") == "worker"), containers[0])
         mine = pod["containers"][0]
         for key in CONTAINER_FIELDS:
-            if key not in theirs_c:
+            if theirs_c.get(key) is None:
                 continue
             if key in ("env", "envFrom", "volumeMounts"):
                 mine[key] = list(mine.get(key, [])) + copy.deepcopy(list(theirs_c[key]))

@@ -234,8 +234,10 @@ def reconcile(
         )
         for task in tasks:
             entry = state.entry_of(mrj, task)
-            if entry and entry.get("e") and (entry.get("f") or entry.get("s") == state.FAILED):
-                count = int(entry.get("f", 0)) + (1 if entry.get("s") == state.FAILED else 0)
+            failed = entry and (entry.get("f") or entry.get("t") or entry.get("s") == state.FAILED)
+            if entry and entry.get("e") and failed:
+                count = int(entry.get("f", 0)) + int(entry.get("t", 0))
+                count += 1 if entry.get("s") == state.FAILED else 0
                 plan.task_failures.append((task.name, count, str(entry["e"])))
 
     if terminal:
@@ -271,6 +273,16 @@ def reconcile(
         done_at = _parse_time(status.get("completionTime"))
         if isinstance(ttl, int) and done_at is not None and done_at + ttl <= now:
             plan.delete_job = True
+    return plan
+
+
+def refused(mrj: Mapping[str, Any], reason: str, now: float) -> Plan:
+    """The API server refused an object the job needs (say, a template that makes the pod
+    invalid): no retry can help, so the job fails with the server's reason."""
+    message = state.clip(f"the cluster refused the job's worker objects: {reason}", 1000)
+    plan = Plan()
+    plan.patches.append(_fail_patch(mrj, message, now))
+    plan.events.append(("Failed", message, True))
     return plan
 
 

@@ -569,3 +569,39 @@ def test_load_manifest_raises_only_spec_error(text: str) -> None:
         assert_one_sentence(str(exc))
     else:
         assert isinstance(doc, dict)
+
+
+# Hostile documents
+
+
+def billion_laughs(levels: int) -> str:
+    """A few lines of YAML whose aliases expand to 9**levels strings."""
+    lines = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return (
+        "apiVersion: kubemr.io/v1alpha1\nkind: MapReduceJob\nspec:\n  inputs: [a]\n  map: cat\n"
+        "  template:\n    metadata:\n      annotations: {}\n  env: {}\nmetadata:\n  labels:\n"
+        + "\n".join("  " + line for line in lines)
+        + "\n"
+    )
+
+
+def test_load_manifest_refuses_alias_bombs() -> None:
+    with pytest.raises(SpecError) as info:
+        load_manifest(billion_laughs(8))
+    assert "expands to more than" in str(info.value)
+    assert_one_sentence(str(info.value))
+
+
+def test_the_value_budget_fits_the_largest_input_list() -> None:
+    from kubemr import spec
+
+    doc = manifest(inputs=[f"s3://b/{i}" for i in range(spec.MAX_INPUTS)], files={"a": "b"})
+    assert spec._values(doc, spec.MAX_VALUES) <= spec.MAX_VALUES
+
+
+@pytest.mark.parametrize("key", ["labels", "annotations"])
+def test_labels_and_annotations_are_maps_of_strings(key: str) -> None:
+    message = spec_error(manifest(metadata={"name": "a", key: {"a": ["lol"]}}))
+    assert f"metadata.{key}" in message

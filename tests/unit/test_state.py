@@ -595,3 +595,27 @@ def test_a_10000_task_status_stays_small() -> None:
     size = len(json.dumps(doc))
     assert size < 512 * 1024, f"a {tasks}-task job document takes {size} bytes"
     assert len(json.dumps(doc["status"]["map"])) < 300 * 1024
+
+
+def test_temporary_failures_do_not_use_up_attempts() -> None:
+    """S3 restarting: ten attempts may fail for a temporary reason before any counts."""
+    action, doc = claimed_map()
+    for n in range(1, state.MAX_TEMPORARY_FAILURES + 1):
+        patch = fail_attempt(action.task, action.entry, "S3 unreachable", 3, NOW, temporary=True)
+        doc = apply(doc, patch)
+        entry = doc["status"]["map"][0]
+        assert doc["status"]["phase"] == "Mapping"
+        assert entry == {"s": PENDING, "a": n, "t": n, "e": "S3 unreachable"}
+        action, doc = claim(doc, settings(holder=f"w{n}"))
+        assert action.entry["t"] == n and "f" not in action.entry
+    patch = fail_attempt(action.task, action.entry, "S3 unreachable", 3, NOW, temporary=True)
+    entry = apply(doc, patch)["status"]["map"][0]
+    assert entry["f"] == 1 and entry["t"] == state.MAX_TEMPORARY_FAILURES
+    released = apply(doc, release(action.task, action.entry))["status"]["map"][0]
+    assert released["t"] == state.MAX_TEMPORARY_FAILURES
+
+
+def test_a_permanent_failure_is_never_temporary() -> None:
+    action, doc = claimed_map()
+    patch = fail_attempt(action.task, action.entry, "bad", 3, NOW, permanent=True, temporary=True)
+    assert apply(doc, patch)["status"]["phase"] == "Failed"
