@@ -208,7 +208,7 @@ class Worker:
         )
         watcher.start()
         timeout = float(job.spec.task_timeout) if task.stage in ("map", "reduce") else 24 * 3600.0
-        permanent = False
+        permanent = temporary = False
         error: str | None = None
         commit: Callable[[state.Entry], state.Patch] | None = None
         try:
@@ -223,7 +223,7 @@ class Worker:
         except (InputError, SpecError) as exc:
             error, permanent = f"{self._what(job, doc, task)}{exc}", True
         except TemporaryError as exc:
-            error = f"{self._what(job, doc, task)}{exc}"
+            error, temporary = f"{self._what(job, doc, task)}{exc}", True
         except (TaskFailed, StorageError, KubemrError) as exc:
             error = f"{self._what(job, doc, task)}{exc}"
         except OSError as exc:
@@ -253,7 +253,9 @@ class Worker:
             return
         assert error is not None
         log.warning("%s attempt %d failed after %.1fs: %s", task.name, attempt_no, elapsed, error)
-        patch = state.fail_attempt(task, mine, error, job.spec.max_attempts, time.time(), permanent)
+        patch = state.fail_attempt(
+            task, mine, error, job.spec.max_attempts, time.time(), permanent, temporary
+        )
         self._apply(patch, task, "failure")
 
     def _watch_cancel(self, keeper: LeaseKeeper, cancel: threading.Event, why: list[str]) -> None:
