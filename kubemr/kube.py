@@ -300,8 +300,11 @@ class Kube:
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
         try:
-            text: str = self.core.read_namespaced_pod_log(pod, namespace, container=container)
-            return text
+            # The raw response: some client releases mangle the decoded log text.
+            response = self.core.read_namespaced_pod_log(
+                pod, namespace, container=container, _preload_content=False
+            )
+            return bytes(response.data).decode("utf-8", "replace")
         except Exception as exc:
             raise _translate(exc, f"reading the log of pod {namespace}/{pod}") from exc
 
