@@ -18,6 +18,10 @@ from kubemr.errors import KubemrError
 
 DEFAULT_LEASE_SECONDS = 30
 DEFAULT_POLL_SECONDS = 1.0
+#: An idle worker of a local run re-reads the job this often at most: a SQLite read costs
+#: about a millisecond, and a worker that sleeps a whole second after the map phase ends
+#: leaves a reduce task waiting that long (the apiserver default stays at one second).
+LOCAL_POLL_SECONDS = 0.1
 DEFAULT_SORT_MEMORY = "256M"
 
 
@@ -83,7 +87,12 @@ def from_env(env: Mapping[str, str] | None = None) -> ShimConfig:
         scratch=scratch,
         workdir=env.get("KUBEMR_WORKDIR") or None,
         lease_seconds=int(_number(env, "KUBEMR_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 2)),
-        poll_seconds=_number(env, "KUBEMR_POLL_SECONDS", DEFAULT_POLL_SECONDS, 0.01),
+        poll_seconds=_number(
+            env,
+            "KUBEMR_POLL_SECONDS",
+            LOCAL_POLL_SECONDS if store.startswith("sqlite:") else DEFAULT_POLL_SECONDS,
+            0.01,
+        ),
         sort_memory=env.get("KUBEMR_SORT_MEMORY") or DEFAULT_SORT_MEMORY,
         map_command=env.get("KUBEMR_MAP") or None,
         combine_command=env.get("KUBEMR_COMBINE") or None,
