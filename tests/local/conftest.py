@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,12 @@ def results(output: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(output.glob("part-*")))
 
 
-def worker_pids(holder_prefix: str = "") -> dict[str, int]:
-    """Live `kubemr shim` processes by worker id, found through /proc."""
+def worker_pids(holder_prefix: str = "", under: Path | None = None) -> dict[str, int]:
+    """Live `kubemr shim` processes by worker id, found through /proc.
+
+    With `under`, only workers whose job store lies below that directory (one
+    test's own runs, whatever else runs on the machine).
+    """
     out: dict[str, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -112,12 +117,20 @@ def worker_pids(holder_prefix: str = "") -> dict[str, int]:
             continue
         if b"shim" not in cmdline:
             continue
-        for item in raw.split(b"\0"):
-            if item.startswith(b"KUBEMR_WORKER_ID="):
-                wid = item.split(b"=", 1)[1].decode()
-                if wid.startswith(holder_prefix):
-                    out[wid] = int(entry)
+        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        wid = env.get(b"KUBEMR_WORKER_ID", b"").decode()
+        store = env.get(b"KUBEMR_STORE", b"").decode()
+        if not wid or not wid.startswith(holder_prefix):
+            continue
+        if under is not None and str(under) not in store:
+            continue
+        out[wid] = int(entry)
     return out
+
+
+def unique_seconds(base: int) -> str:
+    """A `sleep` duration no other test uses, so pgrep finds only this test's command."""
+    return f"{base}.{uuid.uuid4().int % 10**6:06d}"
 
 
 @pytest.fixture

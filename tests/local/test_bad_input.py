@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Kubemr, read_doc, results, sh
+from conftest import Kubemr, read_doc, results, sh, unique_seconds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -378,11 +378,12 @@ def test_malformed_reporter_lines_are_counted_and_never_fail_a_task(kubemr: Kube
 def test_a_command_that_detaches_a_child_does_not_hang_the_task(kubemr: Kubemr) -> None:
     """A background child that keeps stderr open is killed with the task's process group."""
     (kubemr.tmp / "in.txt").write_bytes(b"a\n")
+    nap = unique_seconds(300)
     job, out = make_job(
-        kubemr, "detach", inputs=["./in.txt"], map="(sleep 300 &) ; cat", taskTimeoutSeconds=60
+        kubemr, "detach", inputs=["./in.txt"], map=f"(sleep {nap} &) ; cat", taskTimeoutSeconds=60
     )
     proc = kubemr("run", str(job), "-w", "1", "-q", "-o", str(out), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert results(out) == b"a\n"
-    left = subprocess.run(["pgrep", "-f", "^sleep 300"], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-f", f"^sleep {nap}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a detached child outlived its task"

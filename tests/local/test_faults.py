@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import Kubemr, read_doc, results, worker_pids
+from conftest import Kubemr, read_doc, results, unique_seconds, worker_pids
 
 
 def make_inputs(root: Path, files: int) -> Path:
@@ -132,7 +132,9 @@ def test_killed_run_resumes_without_redoing_committed_tasks(kubemr: Kubemr) -> N
     proc.kill()
     proc.wait()
     # The orphaned worker notices its parent is gone and stops.
-    wait_for(lambda: not worker_pids("w0-"), timeout=30, what="the worker to exit")
+    wait_for(
+        lambda: not worker_pids("w0-", under=kubemr.tmp), timeout=30, what="the worker to exit"
+    )
     before = read_doc(run_dir)["status"]["map"]
     done_before = {i: e["a"] for i, e in enumerate(before) if e["s"] == "d"}
     again = kubemr("run", str(job), "-w", "2", "-o", out, "--run-dir", str(run_dir))
@@ -149,7 +151,8 @@ def test_killed_run_resumes_without_redoing_committed_tasks(kubemr: Kubemr) -> N
 
 def test_interrupt_stops_workers_and_commands(kubemr: Kubemr) -> None:
     make_inputs(kubemr.tmp, 2)
-    job = kubemr.job("ctrlc", inputs=["./in/"], map="sleep 60; cat", splitSize="1Ki")
+    nap = unique_seconds(60)
+    job = kubemr.job("ctrlc", inputs=["./in/"], map=f"sleep {nap}; cat", splitSize="1Ki")
     proc = kubemr.popen("run", str(job), "-w", "2")
     run_dir = kubemr.run_dir("ctrlc")
     wait_for(lambda: running_task(run_dir), what="a running map task")
@@ -157,8 +160,8 @@ def test_interrupt_stops_workers_and_commands(kubemr: Kubemr) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "resume with" in err
-    assert not worker_pids("w")
-    left = subprocess.run(["pgrep", "-f", "^sleep 60"], capture_output=True, text=True)
+    assert not worker_pids(under=kubemr.tmp.parent)
+    left = subprocess.run(["pgrep", "-f", f"^sleep {nap}"], capture_output=True, text=True)
     assert left.stdout.strip() == ""
     # The interrupted tasks were handed back, not counted as failures.
     doc = read_doc(run_dir)

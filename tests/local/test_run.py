@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Kubemr, read_doc, results, sh
+from conftest import REPO, Kubemr, read_doc, results, sh, unique_seconds
 
 WORDCOUNT = REPO / "examples" / "bash-wordcount"
 MAP_SH = (WORDCOUNT / "map.sh").read_text()
@@ -223,10 +223,11 @@ def test_failing_command_fails_job_with_reason(kubemr: Kubemr) -> None:
 def test_hung_command_is_killed_at_timeout(kubemr: Kubemr) -> None:
     (kubemr.tmp / "in.txt").write_text("x\n")
     marker = kubemr.tmp / "sleeper-ran"
+    nap = unique_seconds(300)
     job = kubemr.job(
         "hang",
         inputs=["./in.txt"],
-        map=f"touch {marker}; sleep 300 & wait",
+        map=f"touch {marker}; sleep {nap} & wait",
         taskTimeoutSeconds=1,
         maxAttempts=2,
     )
@@ -234,8 +235,8 @@ def test_hung_command_is_killed_at_timeout(kubemr: Kubemr) -> None:
     assert proc.returncode == 1
     assert "timed out after 1s" in proc.stderr
     assert marker.exists()
-    # The whole process group went: no `sleep 300` is left behind.
-    leftover = sh("ps -eo args | grep -c '^sleep 300' || true").strip()
+    # The whole process group went: no `sleep` of this test is left behind.
+    leftover = sh(f"ps -eo args | grep -c '^sleep {nap}' || true").strip()
     assert leftover == b"0"
 
 
