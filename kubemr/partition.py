@@ -69,6 +69,14 @@ def make_splitter(
     return split_n
 
 
+def write_buckets(sinks: list[IO[bytes]], buckets: list[list[bytes]]) -> None:
+    """Write each bucket of lines (without their newlines) to its sink, one write each."""
+    for sink, bucket in zip(sinks, buckets, strict=True):
+        if bucket:
+            bucket.append(b"")
+            sink.write(b"\n".join(bucket))
+
+
 def distribute(
     source: IO[bytes],
     sinks: list[IO[bytes]],
@@ -92,15 +100,10 @@ def distribute(
         lines = (carry + chunk).split(b"\n")
         carry = lines.pop()
         count += len(lines)
-        for sink, bucket in zip(sinks, split(lines), strict=True):
-            if bucket:
-                bucket.append(b"")
-                sink.write(b"\n".join(bucket))
+        write_buckets(sinks, split(lines))
     if carry:
         count += 1
-        for sink, bucket in zip(sinks, split([carry]), strict=True):
-            if bucket:
-                sink.write(bucket[0] + b"\n")
+        write_buckets(sinks, split([carry]))
     return count
 
 
@@ -229,14 +232,8 @@ def distribute_sorted(
         else:
             by_line -= 1
         if done < len(buf):
-            parts = line_split(buf[done:-1].split(b"\n"))
-            for sink, bucket in zip(sinks, parts, strict=True):
-                if bucket:
-                    bucket.append(b"")
-                    sink.write(b"\n".join(bucket))
+            write_buckets(sinks, line_split(buf[done:-1].split(b"\n")))
     if carry:
         count += 1
-        for sink, bucket in zip(sinks, line_split([carry]), strict=True):
-            if bucket:
-                sink.write(bucket[0] + b"\n")
+        write_buckets(sinks, line_split([carry]))
     return count
