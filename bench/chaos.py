@@ -15,8 +15,9 @@ run's, byte for byte. Kinds:
              run directory: it resumes, and no committed task runs again
 - unwritable the output's parent is a regular file: the job must fail with a clear
              reason, no _SUCCESS, no part file
-- disk-full  the output is a 64 KiB tmpfs (needs mount rights; refused otherwise):
-             the job must fail, no _SUCCESS, and any part left visible is whole
+- disk-full  the output is a 4 KiB tmpfs, one page, so the second part does not fit
+             (needs mount rights; left out otherwise): the job must fail, no
+             _SUCCESS, and any part left visible is whole
 
 Recovery is the time from a fault until the task the victim held is
 running again under another worker (sigkill, sigstop), or until the tasks
@@ -331,7 +332,7 @@ def fault_unwritable(
 
 def fault_disk_full(runner: Runner, job: Path, run_dir: Path, out: Path, rng: random.Random) -> Any:
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(out)], check=True)
     proc = runner.start(job, run_dir, out)
     return proc, 1, []
 
