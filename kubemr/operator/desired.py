@@ -131,6 +131,8 @@ def worker_env(
     env: list[dict[str, Any]] = [
         {"name": "KUBEMR_STORE", "value": f"kube://{meta['namespace']}/{meta['name']}"},
         {"name": "KUBEMR_SCRATCH", "value": SCRATCH},
+        # The root filesystem is read-only: temporary files go to the scratch volume.
+        {"name": "TMPDIR", "value": SCRATCH},
         {"name": "KUBEMR_LEASE_SECONDS", "value": str(settings.lease_seconds)},
         {
             "name": "AWS_ACCESS_KEY_ID",
@@ -166,7 +168,6 @@ def batch_job(mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings)
         },
         "volumeMounts": [
             {"name": "scratch", "mountPath": SCRATCH},
-            {"name": "tmp", "mountPath": "/tmp"},
             {"name": "files", "mountPath": FILES_DIR, "readOnly": True},
         ],
     }
@@ -183,7 +184,6 @@ def batch_job(mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings)
         "containers": [container],
         "volumes": [
             {"name": "scratch", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
             {"name": "files", "configMap": {"name": n["configmap"], "defaultMode": 0o755}},
         ],
     }
