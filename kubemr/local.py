@@ -211,23 +211,15 @@ class LocalRun:
     def reclaim(self) -> None:
         """On resume: hand back the tasks held by workers of an earlier `kubemr run`."""
         doc = self.store.get()
-        for stage in ("plan", "map", "reduce", "publish"):
-            tasks = (
-                [state.Task(stage)]
-                if stage in state.SINGLE_STAGES
-                else [state.Task(stage, i) for i in range(len(state.entries(doc, stage)))]
-            )
-            for task in tasks:
-                entry = state.entry_of(doc, task)
-                if (
-                    entry
-                    and entry.get("s") == state.RUNNING
-                    and state.phase_of(doc) == state.STAGE_PHASE[stage]
-                ):
-                    try:
-                        self.store.patch(state.release(task, entry))
-                    except KubemrError:
-                        pass
+        for task, entry in state.all_tasks(doc):
+            if (
+                entry.get("s") == state.RUNNING
+                and state.phase_of(doc) == state.STAGE_PHASE[task.stage]
+            ):
+                try:
+                    self.store.patch(state.release(task, entry))
+                except KubemrError:
+                    pass
 
     def run(self) -> dict[str, Any]:
         """Start the workers and wait until the job ends; returns the final document."""

@@ -38,7 +38,7 @@ task's attempts in the seconds it takes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,19 @@ def entry_of(doc: Doc, task: Task) -> Entry | None:
         return value if isinstance(value, dict) else None
     items = entries(doc, task.stage)
     return items[task.index] if 0 <= task.index < len(items) else None
+
+
+def all_tasks(doc: Doc) -> Iterator[tuple[Task, Entry]]:
+    """Every task the document holds, with its entry, in stage order."""
+    for stage in ("plan", "map", "reduce", "publish"):
+        if stage in SINGLE_STAGES:
+            task = Task(stage)
+            entry = entry_of(doc, task)
+            if entry is not None:
+                yield task, entry
+            continue
+        for i, entry in enumerate(entries(doc, stage)):
+            yield Task(stage, i), entry
 
 
 def counts(doc: Doc, stage: str) -> tuple[int, int]:

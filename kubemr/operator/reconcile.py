@@ -226,19 +226,12 @@ def reconcile(
     if status.get("progress") != current:
         plan.patches.append([{"op": "add", "path": "/status/progress", "value": current}])
 
-    for stage in ("plan", "map", "reduce", "publish"):
-        tasks = (
-            [state.Task(stage)]
-            if stage in state.SINGLE_STAGES
-            else [state.Task(stage, i) for i in range(len(state.entries(mrj, stage)))]
-        )
-        for task in tasks:
-            entry = state.entry_of(mrj, task)
-            failed = entry and (entry.get("f") or entry.get("t") or entry.get("s") == state.FAILED)
-            if entry and entry.get("e") and failed:
-                count = int(entry.get("f", 0)) + int(entry.get("t", 0))
-                count += 1 if entry.get("s") == state.FAILED else 0
-                plan.task_failures.append((task.name, count, str(entry["e"])))
+    for task, entry in state.all_tasks(mrj):
+        failed = entry.get("f") or entry.get("t") or entry.get("s") == state.FAILED
+        if entry.get("e") and failed:
+            count = int(entry.get("f", 0)) + int(entry.get("t", 0))
+            count += 1 if entry.get("s") == state.FAILED else 0
+            plan.task_failures.append((task.name, count, str(entry["e"])))
 
     if terminal:
         kind = "Complete" if phase == state.SUCCEEDED else "Failed"

@@ -619,3 +619,17 @@ def test_a_permanent_failure_is_never_temporary() -> None:
     action, doc = claimed_map()
     patch = fail_attempt(action.task, action.entry, "bad", 3, NOW, permanent=True, temporary=True)
     assert apply(doc, patch)["status"]["phase"] == "Failed"
+
+
+def test_all_tasks_lists_every_entry_in_stage_order() -> None:
+    doc = {
+        "status": {
+            "phase": "Reducing",
+            "plan": {"s": "d", "a": 1},
+            "map": [{"s": "d", "a": 1}, {"s": "d", "a": 2}],
+            "reduce": [{"s": "r", "a": 1, "h": "w", "x": 5}],
+        }
+    }
+    found = [(task.name, entry["a"]) for task, entry in state.all_tasks(doc)]
+    assert found == [("plan", 1), ("map-0", 1), ("map-1", 2), ("reduce-0", 1)]
+    assert list(state.all_tasks({"status": {}})) == []
