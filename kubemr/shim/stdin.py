@@ -18,9 +18,10 @@ before (`feed`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -107,9 +108,24 @@ def open_whole(ranges: list[FileRange]) -> int | None:
     return fd
 
 
+@contextlib.contextmanager
+def _feeding(sink: IO[bytes], failure: Failure) -> Iterator[None]:
+    """How a feeder thread ends: a command that stops reading early is fine, any other error
+    is recorded for the main thread, and the command's stdin is closed either way."""
+    try:
+        yield
+    except BrokenPipeError:
+        pass
+    except BaseException as exc:  # reported by the main thread
+        failure.record(exc)
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            sink.close()
+
+
 def send_ranges(ranges: list[FileRange], sink: IO[bytes], failure: Failure) -> None:
     """Write the ranges into `sink` (a pipe) with sendfile; a command may stop reading early."""
-    try:
+    with _feeding(sink, failure):
         out = sink.fileno()
         for r in ranges:
             fd = os.open(r.path, os.O_RDONLY)
@@ -119,15 +135,6 @@ def send_ranges(ranges: list[FileRange], sink: IO[bytes], failure: Failure) -> N
                 os.close(fd)
             if r.newline:
                 os.write(out, b"\n")
-    except BrokenPipeError:
-        pass
-    except BaseException as exc:  # reported by the main thread
-        failure.record(exc)
-    finally:
-        try:
-            sink.close()
-        except BrokenPipeError:
-            pass
 
 
 def _send(out: int, fd: int, pos: int, end: int) -> None:
@@ -159,15 +166,6 @@ def feed(
     split: Split, storage_for: Callable[[str], Storage], sink: IO[bytes], failure: Failure
 ) -> None:
     """Stream the split into the command's stdin through Python (any storage, any input)."""
-    try:
+    with _feeding(sink, failure):
         for chunk in read_split(split, storage_for):
             sink.write(chunk)
-    except BrokenPipeError:
-        pass
-    except BaseException as exc:  # reported by the main thread
-        failure.record(exc)
-    finally:
-        try:
-            sink.close()
-        except BrokenPipeError:
-            pass

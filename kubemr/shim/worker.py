@@ -26,8 +26,6 @@ from kubemr.errors import (
     InputError,
     KubemrError,
     SpecError,
-    StorageError,
-    TaskFailed,
     TemporaryError,
 )
 from kubemr.plan import Split, load_plan
@@ -224,7 +222,7 @@ class Worker:
             error, permanent = f"{self._what(job, doc, task)}{exc}", True
         except TemporaryError as exc:
             error, temporary = f"{self._what(job, doc, task)}{exc}", True
-        except (TaskFailed, StorageError, KubemrError) as exc:
+        except KubemrError as exc:  # a command failed (TaskFailed), storage, anything else
             error = f"{self._what(job, doc, task)}{exc}"
         except OSError as exc:
             error = f"{self._what(job, doc, task)}{exc.strerror or exc}"
