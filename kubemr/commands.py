@@ -28,10 +28,12 @@ from kubemr.local import (
     read_manifest,
     runs_home,
 )
-from kubemr.plan import load_plan, read_split
+from kubemr.plan import load_plan
 from kubemr.progress import describe
 from kubemr.shim import config as shim_config
+from kubemr.shim.attempt import Failure
 from kubemr.shim.job import Job
+from kubemr.shim.stdin import feed
 from kubemr.spec import parse_manifest
 from kubemr.store.sqlite import SqliteStore
 
@@ -250,24 +252,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 ["sh", "-c", job.commands.map], cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out
             )
             assert proc.stdin is not None
-            stdin = proc.stdin
-
-            def feed() -> None:
-                try:
-                    for chunk in read_split(split, job.storage):
-                        stdin.write(chunk)
-                except BrokenPipeError:
-                    pass
-                finally:
-                    try:
-                        stdin.close()
-                    except BrokenPipeError:
-                        pass
-
-            feeder = threading.Thread(target=feed, daemon=True)
+            failure = Failure()
+            feeder = threading.Thread(
+                target=feed, args=(split, job.storage, proc.stdin, failure), daemon=True
+            )
             feeder.start()
             code = proc.wait()
             feeder.join()
+            failure.raise_if_any()
             return code
         return _replay_reduce(job, doc, task, attempt, workdir, cwd, out)
     finally:

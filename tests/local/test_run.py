@@ -329,3 +329,15 @@ def test_progress_plain_lines_when_not_a_terminal(kubemr: Kubemr) -> None:
     assert "Succeeded  map 6/6  reduce 2/2" in proc.stderr
     assert "\r" not in proc.stderr
     assert os.path.isdir(proc.stdout.strip())
+
+
+def test_replay_of_an_input_that_is_gone_says_so_in_one_line(kubemr: Kubemr) -> None:
+    data = kubemr.tmp / "in.txt"
+    data.write_text("a\nb\n")
+    job = kubemr.job("gone", inputs=["./in.txt"], map="cat")
+    assert kubemr("run", str(job), "-o", str(kubemr.tmp / "out")).returncode == 0
+    data.unlink()
+    proc = kubemr("replay", "gone", "--task", "map-0")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "in.txt" in proc.stderr.splitlines()[-1]
