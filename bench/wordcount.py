@@ -1,6 +1,7 @@
 """Word count three ways: the bare shell pipeline, mrjob's local runner, and `kubemr run`.
 
-    .venv/bin/python bench/wordcount.py [--size-mb 150] [--reps 3] [--skip-mrjob] [--plot FILE]
+    .venv/bin/python bench/wordcount.py [--size-mb 150] [--reps 3] [--skip-mrjob] [--sidecar]
+                                        [--plot FILE]
 
 A framework over shell commands can be no faster than the commands
 themselves, so the reference is the hand-written pipeline
@@ -13,7 +14,10 @@ runner (installed by this script into its own virtual environment under
 ~/.cache/kubemr-bench, from PyPI) and as a `kubemr run` job with one worker
 and with one worker per CPU. The corpus is real text made at run time: the
 Python standard library's .py and .txt files, concatenated (and repeated)
-until it is large enough.
+until it is large enough. With `--sidecar`, kubemr also runs the job in
+sidecar mode (`spec.mode: sidecar`: every command handed to an executor
+through FIFOs, as in a sidecar-mode pod), which measures that mode's
+overhead over the default.
 
 The ways run alternately, `--reps` times each, every run in a fresh process
 tree. For each run: wall time, CPU time (user+sys of the whole process tree,
@@ -219,10 +223,13 @@ def mrjob_python() -> Path:
     return python
 
 
-def kubemr_job(work: Path, corpus: Path, partitions: int, split_size: str) -> Path:
+def kubemr_job(
+    work: Path, corpus: Path, partitions: int, split_size: str, mode: str = "wrapper"
+) -> Path:
     """The word count manifest for `kubemr run`: the example's scripts, shipped as files."""
-    job = work / "wordcount.yaml"
+    job = work / f"wordcount-{mode}.yaml"
     spec = {
+        "mode": mode,
         "inputs": [str(corpus)],
         "map": "./map.sh",
         "reduce": "./reduce.sh",
@@ -267,17 +274,23 @@ def ways(args: argparse.Namespace, work: Path, corpus: Path) -> list[Callable[[i
             return Way(f"mrjob {MRJOB_VERSION} local", argv, env, out)
 
         found.append(mrjob)
-    job = kubemr_job(work, corpus, args.partitions, args.split_size)
-    for workers in args.workers:
+    for mode in ("wrapper", "sidecar") if args.sidecar else ("wrapper",):
+        job = kubemr_job(work, corpus, args.partitions, args.split_size, mode)
+        suffix = " sidecar" if mode == "sidecar" else ""
+        for workers in args.workers:
 
-        def kubemr(rep: int, workers: int = workers) -> Way:
-            out = work / f"kubemr-{workers}-{rep}"
-            home = work / "kubemr-home"
-            argv = [sys.executable, "-m", "kubemr", "run", str(job), "-w", str(workers), "-q"]
-            argv += ["-o", str(out), "--run-dir", str(home / f"run-{workers}-{rep}")]
-            return Way(f"kubemr run -w {workers}", argv, {**env, "KUBEMR_HOME": str(home)}, out)
+            def kubemr(
+                rep: int, workers: int = workers, job: Path = job, suffix: str = suffix
+            ) -> Way:
+                tag = f"{workers}{suffix.strip()}-{rep}"
+                out = work / f"kubemr-{tag}"
+                home = work / "kubemr-home"
+                argv = [sys.executable, "-m", "kubemr", "run", str(job), "-w", str(workers), "-q"]
+                argv += ["-o", str(out), "--run-dir", str(home / f"run-{tag}")]
+                name = f"kubemr run -w {workers}{suffix}"
+                return Way(name, argv, {**env, "KUBEMR_HOME": str(home)}, out)
 
-        found.append(kubemr)
+            found.append(kubemr)
     return found
 
 
@@ -377,6 +390,11 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=cpus, help="kubemr reduce tasks")
     parser.add_argument("--split-size", default="16Mi", help="kubemr splitSize (default 16Mi)")
     parser.add_argument("--skip-mrjob", action="store_true", help="leave mrjob out")
+    parser.add_argument(
+        "--sidecar",
+        action="store_true",
+        help="also run kubemr in sidecar mode (commands through the executor)",
+    )
     parser.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the medians")
     parser.add_argument("--plot-from", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="write every measurement as JSON")

@@ -138,10 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--kubeconfig", metavar="FILE")
     operator.add_argument("--context")
 
-    sub.add_parser(
+    shim = sub.add_parser(
         "shim",
         help="the worker entrypoint (started by `kubemr run` and by pods)",
         description="Run the worker loop; configured only through KUBEMR_* environment variables.",
+    )
+    shim.add_argument(
+        "--install-executor",
+        metavar="DIR",
+        help="sidecar mode: put the POSIX-sh executor and its control FIFO in DIR and exit "
+        "(what the init container of a sidecar-mode pod does)",
     )
     return parser
 

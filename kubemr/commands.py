@@ -328,6 +328,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def cmd_shim(args: argparse.Namespace) -> int:
+    if args.install_executor:
+        from kubemr.shim import exchange
+
+        exchange.install(args.install_executor)
+        print(f"installed the executor in {args.install_executor}")
+        return 0
     from kubemr.shim.worker import main as shim_main
 
     return shim_main(shim_config.from_env())

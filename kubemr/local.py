@@ -29,8 +29,9 @@ from kubemr import layout, state
 from kubemr.errors import InputError, KubemrError, RunError, SpecError
 from kubemr.plan import classify, list_inputs
 from kubemr.progress import Progress
+from kubemr.shim import exchange
 from kubemr.shim.process import kill_registered
-from kubemr.spec import JobSpec, load_manifest, parse_manifest
+from kubemr.spec import SIDECAR, JobSpec, load_manifest, parse_manifest
 from kubemr.storage import storage_for, to_url
 from kubemr.storage.base import StorageConfig
 from kubemr.store.sqlite import SqliteStore
@@ -150,6 +151,9 @@ class LocalRun:
         self.generation = uuid.uuid4().hex[:6]
         self.spawned = 0
         self.interrupted = False
+        spec = self.store.get().get("spec") or {}
+        self.sidecar = spec.get("mode") == SIDECAR
+        self.executors: dict[int, subprocess.Popen[bytes]] = {}
 
     @staticmethod
     def create(prep: Prepared, run_dir: str) -> None:
@@ -193,6 +197,8 @@ class LocalRun:
         )
         log_path = os.path.join(self.run_dir, "logs", f"worker-{slot}.log")
         try:
+            if self.sidecar:
+                env["KUBEMR_EXECUTOR"] = self._executor(slot, log_path)
             with open(log_path, "ab") as log:
                 self.procs[slot] = subprocess.Popen(
                     [sys.executable, "-m", "kubemr", "shim"],
@@ -207,6 +213,24 @@ class LocalRun:
                 f"cannot start worker process {slot}: {exc.filename or log_path}: "
                 f"{exc.strerror or exc}."
             ) from exc
+
+    def _executor(self, slot: int, log_path: str) -> str:
+        """Sidecar mode, as in a pod: worker `slot` hands its commands to an executor of its
+        own, started here (again, if it ended) with this environment."""
+        directory = os.path.join(self.run_dir, "scratch", f"w{slot}", "executor")
+        running = self.executors.get(slot)
+        if running is not None and running.poll() is None:
+            return directory
+        exchange.install(directory)
+        with open(log_path, "ab") as log:
+            self.executors[slot] = subprocess.Popen(
+                ["sh", os.path.join(directory, "executor.sh"), directory],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return directory
 
     def reclaim(self) -> None:
         """On resume: hand back the tasks held by workers of an earlier `kubemr run`."""
@@ -303,3 +327,10 @@ class LocalRun:
                 time.sleep(0.05)
         for slot in self.procs:
             kill_registered(self._registry(slot))
+        for executor in self.executors.values():
+            # Each worker told its executor to exit; one whose worker was killed is stopped here.
+            try:
+                executor.wait(timeout=5.0 if executor.poll() is None else 0)
+            except subprocess.TimeoutExpired:
+                os.killpg(executor.pid, signal.SIGTERM)
+                executor.wait()

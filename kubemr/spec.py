@@ -50,6 +50,7 @@ SPEC_FIELDS = (
     "output",
     "storage",
     "image",
+    "mode",
     "template",
     "splitSize",
     "maxAttempts",
@@ -96,6 +97,10 @@ _UNITS = {
 }
 
 KNOWN_SCHEMES = ("s3", "file", "http", "https")
+#: How a worker pod runs the user's commands: in the kubemr image itself (`wrapper`), or in
+#: any image with /bin/sh next to a kubemr sidecar that moves the data (`sidecar`).
+WRAPPER, SIDECAR = "wrapper", "sidecar"
+MODES = (WRAPPER, SIDECAR)
 OUTPUT_SCHEMES = ("s3", "file")
 
 
@@ -126,6 +131,7 @@ class JobSpec:
     output: str | None = None
     storage: StorageSpec = field(default_factory=StorageSpec)
     image: str | None = None
+    mode: str = WRAPPER
     template: Mapping[str, Any] | None = None
     split_size: int = DEFAULT_SPLIT_SIZE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -258,6 +264,12 @@ def parse_spec(
     image = _opt_str(spec, "image", "spec.")
     if image is not None and not image.strip():
         raise SpecError("spec.image must not be empty.")
+    mode = _opt_str(spec, "mode", "spec.") or WRAPPER
+    if mode not in MODES:
+        raise SpecError(
+            f"spec.mode must be {WRAPPER!r} (commands run in the kubemr image) or {SIDECAR!r} "
+            f"(commands run in spec.image, which needs only /bin/sh), got {mode!r}."
+        )
     template = _template(spec.get("template"))
     split_size = _size(spec.get("splitSize"))
     max_attempts = _int(spec, "maxAttempts", DEFAULT_MAX_ATTEMPTS, 1, MAX_ATTEMPTS)
@@ -292,6 +304,7 @@ def parse_spec(
         output=output,
         storage=storage,
         image=image,
+        mode=mode,
         template=template,
         split_size=split_size,
         max_attempts=max_attempts,

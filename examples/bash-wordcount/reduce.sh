@@ -1,3 +1,4 @@
 #!/bin/sh
 # Reduce (and combine): sum the counts of each word; input is sorted, so equal words are adjacent.
-awk -F '\t' '$1 != word { if (NR > 1) print word "\t" sum; word = $1; sum = 0 } { sum += $2 } END { if (NR > 0) print word "\t" sum }'
+# The key is compared as a string (`$1 ""`): some awks read words such as "inf" as numbers.
+awk -F '\t' '{ key = $1 "" } key != word { if (NR > 1) print word "\t" sum; word = key; sum = 0 } { sum += $2 } END { if (NR > 0) print word "\t" sum }'

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemr.kube import GROUP, KIND, VERSION
-from kubemr.spec import FORBIDDEN_POD_FIELDS, JobSpec
+from kubemr.spec import FORBIDDEN_POD_FIELDS, SIDECAR, JobSpec
 
 LABEL = "kubemr.io/job"
 DEFAULT_SECRET = "aws"
 WORKER_UID = 65532
 SCRATCH = "/scratch"
 FILES_DIR = "/etc/kubemr/files"
+#: Sidecar mode: where the executor and its control FIFO live, in the scratch volume.
+EXCHANGE = f"{SCRATCH}/.executor"
+#: Sidecar mode: how long the shim waits to be stopped once it told the executor to exit.
+LINGER_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -151,26 +155,81 @@ def worker_env(
     return env
 
 
-def batch_job(mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """The batch/v1 Job: `replicas` pods of `kubemr shim`, locked down."""
-    n = names(mrj["metadata"]["name"])
-    container: dict[str, Any] = {
+def _locked_down() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+
+
+def _pod_layout(
+    mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(init containers, containers) of a worker pod.
+
+    wrapper: one container, `kubemr shim` in spec.image (which has kubemr).
+    sidecar: an init container copies the executor into the scratch volume; the shim runs as
+    a native sidecar (an init container that keeps running) and hands each command to the
+    executor, which runs in spec.image, the pod's one main container. The user's container
+    gets neither the storage credentials nor the job's files: the shim moves all data."""
+    mounts = [
+        {"name": "scratch", "mountPath": SCRATCH},
+        {"name": "files", "mountPath": FILES_DIR, "readOnly": True},
+    ]
+    env = worker_env(mrj, spec, settings)
+    if spec.mode != SIDECAR:
+        worker = {
+            "name": "worker",
+            "image": spec.image or settings.image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": ["kubemr", "shim"],
+            "env": env,
+            "securityContext": _locked_down(),
+            "volumeMounts": mounts,
+        }
+        return [], [worker]
+    install = {
+        "name": "install-executor",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["kubemr", "shim", "--install-executor", EXCHANGE],
+        "securityContext": _locked_down(),
+        "volumeMounts": mounts[:1],
+    }
+    shim = {
+        "name": "kubemr",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": ["kubemr", "shim"],
+        "env": [
+            *env,
+            {"name": "KUBEMR_EXECUTOR", "value": EXCHANGE},
+            {"name": "KUBEMR_LINGER_SECONDS", "value": str(LINGER_SECONDS)},
+        ],
+        "securityContext": _locked_down(),
+        "volumeMounts": mounts,
+    }
+    worker = {
         "name": "worker",
         "image": spec.image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["kubemr", "shim"],
-        "env": worker_env(mrj, spec, settings),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
-        "volumeMounts": [
-            {"name": "scratch", "mountPath": SCRATCH},
-            {"name": "files", "mountPath": FILES_DIR, "readOnly": True},
-        ],
+        # The image's ENTRYPOINT and CMD are not used: the executor runs the commands.
+        "command": ["/bin/sh", f"{EXCHANGE}/executor.sh", EXCHANGE],
+        "args": [],
+        "env": [{"name": "TMPDIR", "value": SCRATCH}],
+        "securityContext": _locked_down(),
+        "volumeMounts": mounts[:1],
     }
+    return [install, shim], [worker]
+
+
+def batch_job(mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The batch/v1 Job: `replicas` pods of `kubemr shim`, locked down."""
+    n = names(mrj["metadata"]["name"])
+    init_containers, containers = _pod_layout(mrj, spec, settings)
     pod_spec: dict[str, Any] = {
         "serviceAccountName": n["serviceaccount"],
         "restartPolicy": "Never",
@@ -181,7 +240,7 @@ def batch_job(mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings)
             "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
+        "containers": containers,
         "volumes": [
             {"name": "scratch", "emptyDir": {}},
             {"name": "files", "configMap": {"name": n["configmap"], "defaultMode": 0o755}},
@@ -191,6 +250,8 @@ def batch_job(mrj: Mapping[str, Any], spec: JobSpec, settings: OperatorSettings)
     template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod_spec}
     if spec.template:
         template = merge_template(template, spec.template)
+    if init_containers:
+        template["spec"]["initContainers"] = init_containers
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubemr.errors import TaskFailed
+from kubemr.shim import exchange
 from kubemr.shim.job import Job
-from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered
+from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered, shell
 from kubemr.state import Task
 
 
@@ -64,6 +65,21 @@ class Attempt:
             registry=self.registry,
         )
 
+    def command(
+        self, label: str, command: str, env: dict[str, str], stdin: Any, stdout: Any
+    ) -> Proc:
+        """Start a user command: with `sh -c` here, or, in sidecar mode, through the executor
+        in the user's container (a bridge process stands in for it, with the same stdin,
+        stdout, stderr, exit code and signals)."""
+        executor = self.job.config.executor
+        if executor is None:
+            return self.proc(label, shell(command), env, stdin, stdout)
+        base = self.job.config.base_env
+        # The user's container has its own environment; only what the task adds goes there.
+        task_vars = {k: v for k, v in env.items() if base.get(k) != v}
+        argv = exchange.bridge_argv(executor, self.cwd, command, task_vars)
+        return self.proc(label, argv, env, stdin, stdout)
+
     @property
     def out(self) -> str:
         return os.path.join(self.root, "out")
@@ -86,6 +102,10 @@ class Attempt:
         code = proc.popen.returncode
         if code == 0:
             return
+        if code == exchange.EXECUTOR_FAILED and self.job.config.executor is not None:
+            said = [x for x in self.log.tail_text(proc.label).splitlines() if "[kubemr] " in x]
+            if said:
+                raise TaskFailed(f"the {what} did not finish: {said[-1].split('[kubemr] ', 1)[1]}")
         how = f"exited with code {code}" if code > 0 else f"was killed by signal {-code}"
         tail = self.log.tail_text(proc.label)
         detail = f"; stderr ends with:\n{tail}" if tail else " with no stderr output"

@@ -51,6 +51,12 @@ class ShimConfig:
     endpoint_override: str | None = None
     #: The environment user commands inherit (before KUBEMR_* task variables are added).
     base_env: Mapping[str, str] = field(default_factory=dict)
+    #: Sidecar mode: the directory shared with the executor in the user's container, through
+    #: which user commands run (None: they run here, with `sh -c`).
+    executor: str | None = None
+    #: Sidecar mode: how long to wait, once the job is over and the executor told to exit,
+    #: for the pod to stop this container (a native sidecar that exited would be restarted).
+    linger_seconds: float = 0.0
 
 
 def _number(env: Mapping[str, str], name: str, default: float, low: float) -> float:
@@ -99,4 +105,6 @@ def from_env(env: Mapping[str, str] | None = None) -> ShimConfig:
         reduce_command=env.get("KUBEMR_REDUCE") or None,
         parent_pid=int(parent) if parent and parent.isdigit() else None,
         base_env=passed,
+        executor=env.get("KUBEMR_EXECUTOR") or None,
+        linger_seconds=_number(env, "KUBEMR_LINGER_SECONDS", 0.0, 0.0),
     )

@@ -26,7 +26,7 @@ from kubemr.errors import TaskFailed
 from kubemr.partition import distribute_sorted
 from kubemr.plan import Split
 from kubemr.shim.attempt import Attempt, Failure
-from kubemr.shim.process import Proc, shell, wait_all
+from kubemr.shim.process import Proc, wait_all
 from kubemr.shim.stdin import feed, local_ranges, open_whole, send_ranges
 
 
@@ -48,9 +48,9 @@ def run_map(att: Attempt, split: Split, workdir: str) -> bool:
             local = os.path.join(att.out, layout.result_name(att.task))
             outputs.append((local, layout.task_result(workdir, att.task, att.number)))
             with open(local, "wb") as out:
-                mapper = att.proc("map command", shell(job.commands.map), env, stdin, out)
+                mapper = att.command("map command", job.commands.map, env, stdin, out)
         else:
-            mapper = att.proc("map command", shell(job.commands.map), env, stdin, subprocess.PIPE)
+            mapper = att.command("map command", job.commands.map, env, stdin, subprocess.PIPE)
     finally:
         if whole is not None:
             os.close(whole)  # the command has its own copy
@@ -113,7 +113,7 @@ def _sort_and_combine(
         if not combine:
             return [sorter]
         assert sorter.popen.stdout is not None
-        combiner = att.proc("combine command", shell(combine), env, sorter.popen.stdout, out)
+        combiner = att.command("combine command", combine, env, sorter.popen.stdout, out)
         sorter.popen.stdout.close()
         return [sorter, combiner]
 
@@ -128,7 +128,7 @@ def _partition_sinks(
     sinks: list[IO[bytes]] = []
     for local in files:
         with open(local, "wb") as out:
-            combiner = att.proc("combine command", shell(combine), env, subprocess.PIPE, out)
+            combiner = att.command("combine command", combine, env, subprocess.PIPE, out)
         procs.append(combiner)
         assert combiner.popen.stdin is not None
         sinks.append(combiner.popen.stdin)

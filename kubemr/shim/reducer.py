@@ -19,7 +19,7 @@ from typing import Any
 
 from kubemr import layout
 from kubemr.shim.attempt import Attempt
-from kubemr.shim.process import Proc, shell, wait_all
+from kubemr.shim.process import Proc, wait_all
 from kubemr.state import Task
 from kubemr.storage.base import Storage
 
@@ -86,11 +86,11 @@ def run_reduce(att: Attempt, workdir: str, map_entries: Sequence[Mapping[str, An
                 subprocess.PIPE,
             )
             assert merger.popen.stdout is not None
-            reducer = att.proc("reduce command", shell(reduce_cmd), env, merger.popen.stdout, out)
+            reducer = att.command("reduce command", reduce_cmd, env, merger.popen.stdout, out)
             merger.popen.stdout.close()
             procs = [reducer, merger]
         else:
-            reducer = att.proc("reduce command", shell(reduce_cmd), env, subprocess.DEVNULL, out)
+            reducer = att.command("reduce command", reduce_cmd, env, subprocess.DEVNULL, out)
             procs = [reducer]
     try:
         wait_all(procs, att.watch)

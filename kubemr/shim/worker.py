@@ -29,6 +29,7 @@ from kubemr.errors import (
     TemporaryError,
 )
 from kubemr.plan import Split, load_plan
+from kubemr.shim import sidecar
 from kubemr.shim.attempt import Attempt
 from kubemr.shim.config import ShimConfig
 from kubemr.shim.job import Job
@@ -353,9 +354,19 @@ def main(config: ShimConfig) -> int:
         level=logging.INFO,
         format=f"%(asctime)s {config.worker_id} %(levelname)s %(message)s",
     )
+    if config.executor is not None:
+        try:
+            config = sidecar.prepare(config)
+        except KubemrError as exc:
+            log.error("%s", exc)
+            return 1
     worker = Worker(config)
     worker.handle_signals()
+    code = 1
     try:
-        return worker.run()
+        code = worker.run()
+        return code
     finally:
         worker.store.close()
+        if config.executor is not None:
+            sidecar.finish(config, code, worker.stopping)

@@ -222,9 +222,13 @@ def test_example_completes_with_the_same_bytes_as_kubemr_run(
     )
 
 
+@pytest.mark.parametrize(
+    "mode", [{}, {"mode": "sidecar", "image": "busybox"}], ids=["wrapper", "sidecar"]
+)
 def test_failing_map_command_fails_the_job_with_its_stderr(
-    cluster: Cluster, ns: str, corpus: str, tmp_path: Path
+    cluster: Cluster, ns: str, corpus: str, tmp_path: Path, mode: dict[str, str]
 ) -> None:
+    """The same report whether the command ran in the shim's container or in busybox."""
     path, _ = cluster_manifest(
         cluster,
         "bash-wordcount",
@@ -232,6 +236,7 @@ def test_failing_map_command_fails_the_job_with_its_stderr(
         tmp_path,
         map="echo 'cannot parse record 17' >&2; exit 4",
         maxAttempts=2,
+        **mode,
     )
     name = create(cluster, ns, path)
     doc = wait_phase(cluster, ns, name)

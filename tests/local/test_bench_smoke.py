@@ -28,11 +28,12 @@ def bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_wordcount_benchmark_runs() -> None:
     done = bench(
-        "wordcount.py", "--size-mb", "2", "--reps", "1", "--skip-mrjob", "--workers", "1,2"
-    )
+        "wordcount.py", "--size-mb", "2", "--reps", "1", "--skip-mrjob", "--workers", "1,2",
+        "--sidecar",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
     assert "way" in done.stdout and "x bare" in done.stdout
-    for row in ("bare pipeline", "kubemr run -w 1", "kubemr run -w 2"):
+    for row in ("bare pipeline", "kubemr run -w 1", "kubemr run -w 2", "kubemr run -w 2 sidecar"):
         assert row in done.stdout
     assert "every way produced the same counts" in done.stdout
 

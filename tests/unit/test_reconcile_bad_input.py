@@ -80,24 +80,31 @@ def check_locked_down(objects: list[dict[str, Any]]) -> None:
     job = objects[-1]
     assert job["kind"] == "Job"
     pod = job["spec"]["template"]["spec"]
-    for key in ("hostNetwork", "hostPID", "hostIPC", "initContainers", "ephemeralContainers"):
+    for key in ("hostNetwork", "hostPID", "hostIPC", "ephemeralContainers"):
         assert key not in pod
     assert pod["serviceAccountName"] == "job-a-worker"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert all(isinstance(v, dict) and "hostPath" not in v for v in pod["volumes"])
     (container,) = pod["containers"]
-    assert container["command"] == ["kubemr", "shim"]
-    assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-    }
-    for item in container["env"]:
-        assert isinstance(item, dict)
-        if item["name"].startswith("AWS_SECRET"):
-            assert "value" not in item and "secretKeyRef" in item["valueFrom"]
+    init = pod.get("initContainers", [])
+    if init:  # sidecar mode: only kubemr's own init containers, and the executor
+        assert [c["command"][:2] for c in init] == [["kubemr", "shim"]] * 2
+        assert [c["image"] for c in init] == [SETTINGS.image] * 2
+        assert container["command"][:2] == ["/bin/sh", "/scratch/.executor/executor.sh"]
+    else:
+        assert container["command"] == ["kubemr", "shim"]
+    for one in [container, *init]:
+        assert one["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        }
+        for item in one.get("env", []):
+            assert isinstance(item, dict)
+            if item["name"].startswith("AWS_SECRET"):
+                assert "value" not in item and "secretKeyRef" in item["valueFrom"]
 
 
 def decide_twice(doc: dict[str, Any]) -> None:
