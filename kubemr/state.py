@@ -26,7 +26,10 @@ S3 or the network being briefly away (absent when 0), "h": holder, "x": lease
 expiry (epoch seconds), "e": last error, "c": 1 if the attempt wrote
 counters, "m": last reporter status}.
 States: "p" pending, "r" running, "d" done, "f" failed. A claim increments
-"a", so every attempt has its own number and its own output names; a commit
+"a", so every attempt has its own number and its own output names. One
+claim may take several map or reduce tasks at once (`batch_size`), renewed
+together and committed together, so that a job of 10,000 tasks costs far
+fewer than 20,000 writes of its object; a commit
 tests the exact entry its holder wrote, so a worker whose lease was taken
 over can never commit. A failed attempt or a lost lease counts in "f"; a
 worker that is asked to stop releases its task without counting a failure.
@@ -107,15 +110,26 @@ class Settings:
     lease_seconds: int
     max_attempts: int
     pick: int = 0
+    #: The most map or reduce tasks one claim may take (see `decide`).
+    batch: int = 1
+    #: How many workers share the job (spec.replicas), to leave work for the others.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
 class Claim:
-    """Take `task`: apply `patch`; on success the worker holds `entry`."""
+    """Take `task`: apply `patch`; on success the worker holds `entry` (and each of `more`)."""
 
     task: Task
     entry: Entry
     patch: Patch
+    #: Further tasks taken by the same patch, to run after `task`, under the same lease.
+    more: tuple[tuple[Task, Entry], ...] = ()
+
+    @property
+    def held(self) -> list[tuple[Task, Entry]]:
+        """Every task this claim takes, in the order to run them."""
+        return [(self.task, self.entry), *self.more]
 
 
 @dataclass(frozen=True)
@@ -286,12 +300,34 @@ def decide(doc: Doc, s: Settings) -> Action:
         candidates = [i for i, e in enumerate(items) if _claimable(e, s.now)]
         if candidates:
             window = candidates[:PICK_WINDOW]
-            index = window[s.pick % len(window)]
-            return _take(Task(stage, index), items[index], s)
+            first = s.pick % len(window)
+            action = _take(Task(stage, window[first]), items[window[first]], s)
+            size = batch_size(len(candidates), s)
+            if size <= 1 or not isinstance(action, Claim):
+                return action
+            more: list[tuple[Task, Entry]] = []
+            patch = list(action.patch)
+            for index in candidates[first + 1 :]:
+                if len(more) + 1 >= size:
+                    break
+                extra = _take(Task(stage, index), items[index], s)
+                if isinstance(extra, Claim):  # one out of attempts fails the job on its own
+                    more.append((extra.task, extra.entry))
+                    patch.extend(extra.patch)
+            return Claim(action.task, action.entry, patch, tuple(more))
         if all(e.get("s") == DONE for e in items):
             return Advance(advance(doc), f"every {stage} task is done")
         return Wait(f"waiting for running {stage} tasks")
     return Wait(f"unknown phase {phase!r} in status.phase")
+
+
+def batch_size(claimable: int, s: Settings) -> int:
+    """How many tasks one claim takes: at most `s.batch`, and few enough that every worker
+    still finds about twice as many tasks left as this claim takes (guided self-scheduling),
+    so the claims shrink to single tasks as a stage runs out and no worker sits idle while
+    another holds a queue. Fewer, larger claims and commits are what let one object
+    coordinate thousands of tasks: every write of it rewrites the whole object."""
+    return max(1, min(s.batch, claimable // (2 * max(1, s.workers))))
 
 
 def advance(doc: Doc) -> Patch:
@@ -326,6 +362,23 @@ def renew(
         _test(task.path, mine),
         _replace(task.path, new),
     ]
+    return patch, new
+
+
+def renew_all(
+    held: Sequence[tuple[Task, Entry]],
+    now: float,
+    lease_seconds: int,
+    message: str | None,
+    current: Task | None = None,
+) -> tuple[Patch, list[Entry]]:
+    """Extend the lease on every task I hold, in one patch; `message` goes on `current`."""
+    patch: Patch = []
+    new: list[Entry] = []
+    for i, (task, mine) in enumerate(held):
+        part, entry = renew(task, mine, now, lease_seconds, message if task == current else None)
+        patch.extend(part if i == 0 else part[1:])  # one test of the phase is enough
+        new.append(entry)
     return patch, new
 
 

@@ -23,6 +23,8 @@ DEFAULT_POLL_SECONDS = 1.0
 #: leaves a reduce task waiting that long (the apiserver default stays at one second).
 LOCAL_POLL_SECONDS = 0.1
 DEFAULT_SORT_MEMORY = "256M"
+#: The most tasks a worker claims at once on a cluster (see ShimConfig.batch).
+CLUSTER_BATCH = 16
 
 
 class ConfigError(KubemrError):
@@ -57,6 +59,10 @@ class ShimConfig:
     #: Sidecar mode: how long to wait, once the job is over and the executor told to exit,
     #: for the pod to stop this container (a native sidecar that exited would be restarted).
     linger_seconds: float = 0.0
+    #: The most map or reduce tasks one claim may take (state.batch_size). Every write of a
+    #: MapReduceJob rewrites the whole object, so on a cluster claims and commits are batched;
+    #: a local SQLite write is cheap, and there a claim takes one task.
+    batch: int = 1
 
 
 def _number(env: Mapping[str, str], name: str, default: float, low: float) -> float:
@@ -107,4 +113,7 @@ def from_env(env: Mapping[str, str] | None = None) -> ShimConfig:
         base_env=passed,
         executor=env.get("KUBEMR_EXECUTOR") or None,
         linger_seconds=_number(env, "KUBEMR_LINGER_SECONDS", 0.0, 0.0),
+        batch=int(
+            _number(env, "KUBEMR_BATCH", 1 if store.startswith("sqlite:") else CLUSTER_BATCH, 1)
+        ),
     )

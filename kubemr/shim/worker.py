@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -46,20 +47,21 @@ MAX_STORE_ERRORS = 30
 
 
 class LeaseKeeper:
-    """Renews a claim in the background; sets `lost` when it can no longer prove it holds it."""
+    """Renews the leases of the tasks a worker holds, all in one patch, in the background;
+    sets `lost` when it can no longer prove it holds them."""
 
     def __init__(
         self,
         store: Store,
-        task: state.Task,
-        entry: state.Entry,
+        held: list[tuple[state.Task, state.Entry]],
         lease_seconds: int,
         status: Callable[[], str | None],
         parent_alive: Callable[[], bool],
     ) -> None:
         self.store = store
-        self.task = task
-        self.entry = entry
+        self.held: dict[state.Task, state.Entry] = dict(held)
+        #: The task running now: its reporter status goes on its entry.
+        self.current: state.Task | None = held[0][0] if held else None
         self.lease_seconds = lease_seconds
         self.status = status
         self.parent_alive = parent_alive
@@ -72,11 +74,18 @@ class LeaseKeeper:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> state.Entry:
-        """Stop renewing and return the entry as last written (what a commit must test)."""
+    def stop(self) -> dict[state.Task, state.Entry]:
+        """Stop renewing; the entries as last written (what a commit must test)."""
         self._stop.set()
         self._thread.join()
-        return self.entry
+        return dict(self.held)
+
+    def settle(self, task: state.Task, apply: Callable[[state.Entry], bool]) -> bool:
+        """Stop renewing `task` and call `apply` with its entry as last written (to record its
+        failure, say), with no renewal in between to change that entry."""
+        with self._lock:
+            mine = self.held.pop(task, None)
+            return mine is not None and apply(mine)
 
     def lose(self, why: str) -> None:
         if not self.lost.is_set():
@@ -90,20 +99,36 @@ class LeaseKeeper:
                 self.lose("the process that started this worker is gone")
                 return
             with self._lock:
-                patch, new = state.renew(
-                    self.task, self.entry, time.time(), self.lease_seconds, self.status()
+                held = list(self.held.items())
+                if not held:
+                    continue
+                patch, new = state.renew_all(
+                    held, time.time(), self.lease_seconds, self.status(), self.current
                 )
                 try:
                     self.store.patch(patch)
-                    self.entry = new
+                    self.held = {task: entry for (task, _), entry in zip(held, new, strict=True)}
                 except Conflict:
                     self.lose("the lease was taken over or the job ended")
                     return
                 except Exception as exc:  # any failure: keep trying until the lease runs out
-                    log.warning("renewing the lease on %s failed: %s", self.task.name, exc)
-                    if time.time() > float(self.entry.get("x", 0)):
+                    names = ", ".join(t.name for t, _ in held)
+                    log.warning("renewing the lease on %s failed: %s", names, exc)
+                    if time.time() > min(float(e.get("x", 0)) for _, e in held):
                         self.lose("the lease expired while the job store was unreachable")
                         return
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended: a commit to make, an error to record, or neither (stopped)."""
+
+    commit: Callable[[state.Entry], state.Patch] | None = None
+    error: str | None = None
+    permanent: bool = False
+    temporary: bool = False
+    stopped: str | None = None
+    elapsed: float = 0.0
 
 
 class Worker:
@@ -171,7 +196,7 @@ class Worker:
             if isinstance(action, state.Advance):
                 log.info("%s", action.why)
                 continue
-            self._run_task(self.job, doc, action.task, action.entry)
+            self._run_claim(self.job, doc, action)
         return 0
 
     def _settings(self, job: Job) -> state.Settings:
@@ -181,81 +206,134 @@ class Worker:
             lease_seconds=self.config.lease_seconds,
             max_attempts=job.spec.max_attempts,
             pick=self._rng.randrange(1 << 30),
+            batch=self.config.batch,
+            workers=job.spec.replicas,
         )
 
-    def _run_task(
-        self, job: Job, doc: dict[str, Any], task: state.Task, entry: state.Entry
-    ) -> None:
-        attempt_no = int(entry["a"])
+    def _run_claim(self, job: Job, doc: dict[str, Any], claim: state.Claim) -> None:
+        """Run the tasks of one claim in turn under one lease; commit those that succeed
+        together, record each failure as it happens, hand back the rest if asked to stop."""
+        current: list[Attempt] = []
+
+        def status() -> str | None:
+            return current[-1].log.status if current else None
+
+        keeper = LeaseKeeper(
+            self.store, claim.held, self.config.lease_seconds, status, self.parent_alive
+        )
+        keeper.start()
+        if claim.more:
+            names = ", ".join(task.name for task, _ in claim.held)
+            log.info("claimed %s under one lease", names)
+        done: list[tuple[state.Task, int, Outcome]] = []
+        stopped: list[tuple[state.Task, int, str]] = []
+        for task, entry in claim.held:
+            attempt_no = int(entry["a"])
+            if keeper.lost.is_set() or self.stopping.is_set():
+                break
+            keeper.current = task
+            out = self._attempt(job, doc, task, attempt_no, keeper, current)
+            if out.commit is not None:
+                done.append((task, attempt_no, out))
+            elif out.error is not None:
+                if self._record_failure(job, keeper, task, attempt_no, out):
+                    break  # that failure ended the job
+            else:
+                stopped.append((task, attempt_no, out.stopped or "stopped"))
+                break
+        held = keeper.stop()
+        if keeper.lost.is_set():
+            why = "; ".join(keeper.why) or "the lease was lost"
+            for task, entry in held.items():
+                log.warning("%s attempt %d abandoned: %s", task.name, int(entry["a"]), why)
+            return
+        if done:
+            patch = [op for task, _, out in done if out.commit for op in out.commit(held[task])]
+            names = ", ".join(task.name for task, _, _ in done)
+            if self._apply(patch, done[0][0], "commit", names):
+                for task, attempt_no, out in done:
+                    log.info("%s attempt %d committed in %.2fs", task.name, attempt_no, out.elapsed)
+                if done[0][0].stage == "publish":
+                    self._cleanup(job)
+        for task, attempt_no, why in stopped:
+            log.warning("%s attempt %d abandoned: %s", task.name, attempt_no, why)
+        finished = {task for task, _, _ in done}
+        rest = [(task, entry) for task, entry in held.items() if task not in finished]
+        if rest and self.stopping.is_set():
+            patch = [op for task, entry in rest for op in state.release(task, entry)]
+            self._apply(patch, rest[0][0], "release", ", ".join(t.name for t, _ in rest))
+
+    def _record_failure(
+        self, job: Job, keeper: LeaseKeeper, task: state.Task, attempt_no: int, out: Outcome
+    ) -> bool:
+        """Record a failed attempt; True if that failed the job (its attempts are used up)."""
+        assert out.error is not None
+        log.warning(
+            "%s attempt %d failed after %.1fs: %s", task.name, attempt_no, out.elapsed, out.error
+        )
+        error = out.error
+
+        ended: list[bool] = []
+
+        def apply(mine: state.Entry) -> bool:
+            patch = state.fail_attempt(
+                task, mine, error, job.spec.max_attempts, time.time(), out.permanent, out.temporary
+            )
+            ended.append(any(op["path"] == "/status/phase" for op in patch[1:]))
+            return self._apply(patch, task, "failure")
+
+        return keeper.settle(task, apply) and any(ended)
+
+    def _attempt(
+        self,
+        job: Job,
+        doc: dict[str, Any],
+        task: state.Task,
+        attempt_no: int,
+        keeper: LeaseKeeper,
+        current: list[Attempt],
+    ) -> Outcome:
+        """Run one attempt of `task` to its end, whatever the end."""
         log.info("%s attempt %d started", task.name, attempt_no)
         root = os.path.join(self.config.scratch, f"{task.name}.a{attempt_no}")
         cancel_why: list[str] = []
         cancel = threading.Event()
-        keeper: LeaseKeeper | None = None
         att: Attempt | None = None
         started = time.monotonic()
-
-        def status() -> str | None:
-            return att.log.status if att is not None else None
-
-        keeper = LeaseKeeper(
-            self.store, task, entry, self.config.lease_seconds, status, self.parent_alive
-        )
-        keeper.start()
         watcher = threading.Thread(
             target=self._watch_cancel, args=(keeper, cancel, cancel_why), daemon=True
         )
         watcher.start()
         timeout = float(job.spec.task_timeout) if task.stage in ("map", "reduce") else 24 * 3600.0
-        permanent = temporary = False
-        error: str | None = None
-        commit: Callable[[state.Entry], state.Patch] | None = None
+        out = Outcome()
         try:
             att = Attempt(job, task, attempt_no, root, Watch(timeout, cancel, cancel_why))
-            commit = self._execute(job, doc, att)
+            current.append(att)
+            out.commit = self._execute(job, doc, att)
         except Stopped as exc:
             if exc.timeout:
-                error = f"{self._what(job, doc, task)}{exc.reason}"
+                out.error = f"{self._what(job, doc, task)}{exc.reason}"
             else:
-                error = None
                 cancel_why.append(exc.reason)
         except (InputError, SpecError) as exc:
-            error, permanent = f"{self._what(job, doc, task)}{exc}", True
+            out.error, out.permanent = f"{self._what(job, doc, task)}{exc}", True
         except TemporaryError as exc:
-            error, temporary = f"{self._what(job, doc, task)}{exc}", True
+            out.error, out.temporary = f"{self._what(job, doc, task)}{exc}", True
         except KubemrError as exc:  # a command failed (TaskFailed), storage, anything else
-            error = f"{self._what(job, doc, task)}{exc}"
+            out.error = f"{self._what(job, doc, task)}{exc}"
         except OSError as exc:
-            error = f"{self._what(job, doc, task)}{exc.strerror or exc}"
+            out.error = f"{self._what(job, doc, task)}{exc.strerror or exc}"
         finally:
             cancel.set()
             watcher.join()
-        mine = keeper.stop()
         if att is not None:
             att.log.close()
             self._upload_log(job, doc, att)
             att.cleanup()
-        elapsed = time.monotonic() - started
-        if keeper.lost.is_set() or (commit is None and error is None):
-            why = "; ".join(keeper.why or cancel_why) or "stopped"
-            if self.stopping.is_set() and not keeper.lost.is_set():
-                self._apply(state.release(task, mine), task, "release")
-            log.warning(
-                "%s attempt %d abandoned after %.1fs: %s", task.name, attempt_no, elapsed, why
-            )
-            return
-        if commit is not None:
-            if self._apply(commit(mine), task, "commit"):
-                log.info("%s attempt %d committed in %.2fs", task.name, attempt_no, elapsed)
-                if task.stage == "publish":
-                    self._cleanup(job)
-            return
-        assert error is not None
-        log.warning("%s attempt %d failed after %.1fs: %s", task.name, attempt_no, elapsed, error)
-        patch = state.fail_attempt(
-            task, mine, error, job.spec.max_attempts, time.time(), permanent, temporary
-        )
-        self._apply(patch, task, "failure")
+        out.elapsed = time.monotonic() - started
+        if out.commit is None and out.error is None:
+            out.stopped = "; ".join(keeper.why or cancel_why) or "stopped"
+        return out
 
     def _watch_cancel(self, keeper: LeaseKeeper, cancel: threading.Event, why: list[str]) -> None:
         while not cancel.wait(0.1):
@@ -268,18 +346,19 @@ class Worker:
                 cancel.set()
                 return
 
-    def _apply(self, patch: state.Patch, task: state.Task, what: str) -> bool:
+    def _apply(
+        self, patch: state.Patch, task: state.Task, what: str, names: str | None = None
+    ) -> bool:
+        names = names or task.name
         for attempt in range(10):
             try:
                 self.store.patch(patch)
                 return True
             except Conflict:
-                log.warning(
-                    "%s of %s lost: the task was taken over or the job ended", what, task.name
-                )
+                log.warning("%s of %s lost: the task was taken over or the job ended", what, names)
                 return False
             except KubemrError as exc:
-                log.warning("%s of %s failed (%s); retrying", what, task.name, exc)
+                log.warning("%s of %s failed (%s); retrying", what, names, exc)
                 time.sleep(min(0.2 * (attempt + 1), 2.0))
         return False
 

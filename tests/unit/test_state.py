@@ -633,3 +633,73 @@ def test_all_tasks_lists_every_entry_in_stage_order() -> None:
     found = [(task.name, entry["a"]) for task, entry in state.all_tasks(doc)]
     assert found == [("plan", 1), ("map-0", 1), ("map-1", 2), ("reduce-0", 1)]
     assert list(state.all_tasks({"status": {}})) == []
+
+
+# -- claims of several tasks at once -------------------------------------------------------
+
+
+def many(n: int, **overrides: Doc) -> Doc:
+    items: list[Doc] = [{"s": PENDING, "a": 0} for _ in range(n)]
+    for index, entry in overrides.items():
+        items[int(index.removeprefix("m"))] = entry
+    return job(phase="Mapping", partitions=0, map=items)
+
+
+def batched(batch: int, workers: int, pick: int = 0, now: float = NOW) -> Settings:
+    return Settings("w1", now, LEASE, 3, pick=pick, batch=batch, workers=workers)
+
+
+@pytest.mark.parametrize(
+    ("claimable", "batch", "workers", "size"),
+    [(1000, 16, 8, 16), (100, 16, 8, 6), (15, 16, 8, 1), (3, 16, 1, 1), (40, 1, 2, 1)],
+)
+def test_a_claim_leaves_twice_as_much_for_every_worker(
+    claimable: int, batch: int, workers: int, size: int
+) -> None:
+    assert state.batch_size(claimable, batched(batch, workers)) == size
+
+
+def test_one_patch_claims_several_tasks_and_every_one_is_tested() -> None:
+    doc = many(100, m5={"s": DONE, "a": 1})
+    action = decide(doc, batched(16, 2, pick=3))
+    assert isinstance(action, Claim)
+    held = action.held
+    assert [t.name for t, _ in held] == [f"map-{i}" for i in (3, 4, *range(6, 20))]
+    new = apply(doc, action.patch)
+    for task, entry in held:
+        assert entry_of(new, task) == entry and entry["s"] == RUNNING and entry["h"] == "w1"
+    assert entry_of(new, Task("map", 5)) == {"s": DONE, "a": 1}
+    # Another worker that read the same document loses the whole claim, not part of it.
+    rival = decide(doc, Settings("w2", NOW, LEASE, 3, pick=3, batch=16, workers=2))
+    assert isinstance(rival, Claim)
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        apply(new, rival.patch)
+
+
+def test_a_batch_leaves_out_a_task_out_of_attempts_and_takes_the_rest() -> None:
+    expired = {"s": RUNNING, "a": 3, "f": 2, "h": "w9", "x": int(NOW) - 1}
+    doc = many(40, m1=expired)
+    action = decide(doc, batched(4, 1))
+    assert isinstance(action, Claim)
+    assert [t.name for t, _ in action.held] == ["map-0", "map-2", "map-3", "map-4"]
+
+
+def test_renewing_and_committing_a_batch_are_single_patches() -> None:
+    doc = many(10)
+    action = decide(doc, batched(4, 1))
+    assert isinstance(action, Claim) and len(action.held) == 4
+    doc = apply(doc, action.patch)
+    current = action.held[1][0]
+    patch, new = state.renew_all(action.held, NOW + 10, LEASE, "half way", current)
+    assert [op["op"] for op in patch].count("test") == 1 + 4  # the phase once, each entry
+    doc = apply(doc, patch)
+    assert [e.get("m") for e in new] == [None, "half way", None, None]
+    assert all(e["x"] == int(NOW) + 10 + LEASE for e in new)
+    # A renewal from before that one no longer applies: the entries moved on.
+    stale, _ = state.renew_all(action.held, NOW + 20, LEASE, None)
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        apply(doc, stale)
+    held = [(t, e) for (t, _), e in zip(action.held, new, strict=True)]
+    commit = [op for t, e in held for op in commit_task(t, e, False)]
+    doc = apply(doc, commit)
+    assert counts(doc, "map") == (4, 10)
