@@ -103,7 +103,8 @@ def ns(cluster: Cluster, namespace: str, installed: None) -> str:
 def cluster_manifest(
     cluster: Cluster, example: str, bucket: str, tmp: Path, **changes: Any
 ) -> tuple[Path, str]:
-    """An example's job.yaml with its inputs and output in S3 (and any spec changes)."""
+    """An example's job.yaml with its inputs and output in S3 (and any spec changes; a change
+    to None removes the field)."""
     doc = yaml.safe_load((EXAMPLES / example / "job.yaml").read_text())
     output = f"s3://{bucket}/out-{uuid.uuid4().hex[:8]}/"
     doc["spec"].update(
@@ -112,6 +113,7 @@ def cluster_manifest(
         storage={"endpoint": cluster.env["AWS_ENDPOINT_URL"]},
     )
     doc["spec"].update(changes)
+    doc["spec"] = {k: v for k, v in doc["spec"].items() if v is not None}
     path = tmp / f"{example}-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path, output

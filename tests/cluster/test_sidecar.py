@@ -122,3 +122,30 @@ def test_deleting_the_job_stops_every_process_of_its_pods(
         return not _processes_with(f"{mark}=1".encode()) and not _processes_with(store)
 
     wait_until("every process of the job's pods to end", all_gone, 90)
+
+
+def test_commands_may_come_from_the_environment_of_the_users_image(
+    cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path
+) -> None:
+    """No command in the spec: KUBEMR_MAP and KUBEMR_REDUCE are set in the user's container
+    only (as an image's ENV would set them), where the sidecar cannot see them itself."""
+    commands = [
+        {"name": "KUBEMR_MAP", "value": "./map.sh"},
+        {"name": "KUBEMR_REDUCE", "value": "./reduce.sh"},
+    ]
+    path, output = cluster_manifest(
+        cluster,
+        "bash-wordcount",
+        corpus,
+        tmp_path,
+        map=None,
+        combine=None,
+        reduce=None,
+        template={"spec": {"containers": [{"name": "worker", "env": commands}]}},
+        **SIDECAR,
+    )
+    name = create(cluster, ns, path)
+    doc = wait_phase(cluster, ns, name, timeout=240)
+    assert doc["status"]["phase"] == "Succeeded", doc["status"].get("message")
+    parts = {k: v for k, v in s3_objects(s3, output).items() if k.startswith("part-")}
+    assert parts == local_results("bash-wordcount", tmp_path)
