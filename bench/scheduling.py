@@ -1,6 +1,7 @@
 """Scheduling efficiency of `kubemr run`: many short tasks that only sleep.
 
     .venv/bin/python bench/scheduling.py [--tasks 64] [--sleep 0.25] [--workers 1,2,4,8]
+                                         [--mode wrapper|sidecar]
 
 A map-only job whose inputs are opaque strings (`task-0` ... `task-63`, one
 map task each) and whose map command is `sleep 0.25` does no work, so every
@@ -89,8 +90,12 @@ def read_logs(logs: Path, sleep: float) -> tuple[float, float, float, int]:
     return phase, claim_ms, 1000 * statistics.mean(runs), len(maps)
 
 
-def job_manifest(path: Path, tasks: int, sleep: float) -> None:
-    spec = {"inputs": [f"task-{i}" for i in range(tasks)], "map": f"sleep {sleep:g}"}
+def job_manifest(path: Path, tasks: int, sleep: float, mode: str = "wrapper") -> None:
+    spec = {
+        "inputs": [f"task-{i}" for i in range(tasks)],
+        "map": f"sleep {sleep:g}",
+        "mode": mode,
+    }
     manifest = {
         "apiVersion": "kubemr.io/v1alpha1",
         "kind": "MapReduceJob",
@@ -133,13 +138,20 @@ def main() -> int:
         help="worker counts, comma-separated (default 1,2,4,8)",
     )
     parser.add_argument("--reps", type=int, default=3, help="runs per worker count (median)")
+    parser.add_argument(
+        "--mode",
+        choices=("wrapper", "sidecar"),
+        default="wrapper",
+        help="spec.mode: sidecar hands every command to an executor (default wrapper)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kubemr-bench-sched-"))
     try:
         job = work / "sleep.yaml"
-        job_manifest(job, args.tasks, args.sleep)
+        job_manifest(job, args.tasks, args.sleep, args.mode)
         print(
-            f"{args.tasks} map tasks of `sleep {args.sleep:g}`, {args.reps} rep(s); "
+            f"{args.tasks} map tasks of `sleep {args.sleep:g}`, {args.mode} mode, "
+            f"{args.reps} rep(s); "
             f"{os.cpu_count()} CPU(s); load average {load()}",
             flush=True,
         )
