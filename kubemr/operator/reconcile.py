@@ -117,6 +117,29 @@ def progress(doc: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+#: `status.progress` moves in steps of at least this share of a stage (and at its end): every
+#: write of the object rewrites all of it and races the workers' own patches, so the operator
+#: must not add a write for each task the workers commit.
+PROGRESS_STEP = 0.01
+
+
+def progress_due(old: Any, new: Mapping[str, str], terminal: bool) -> bool:
+    """Whether `status.progress` should go from `old` to `new` now."""
+    if old == new:
+        return False
+    if terminal or not isinstance(old, Mapping) or set(old) != set(new):
+        return True
+    for stage, value in new.items():
+        try:
+            done, total = (int(x) for x in value.split("/"))
+            was, was_total = (int(x) for x in str(old[stage]).split("/"))
+        except ValueError:
+            return True
+        if total != was_total or done == total or done - was >= max(1, total * PROGRESS_STEP):
+            return True
+    return False
+
+
 def _fail_patch(mrj: Mapping[str, Any], message: str, now: float) -> list[dict[str, Any]]:
     status = state.status_of(mrj)
     phase = status.get("phase")
@@ -223,7 +246,7 @@ def reconcile(
             return plan
 
     current = progress(mrj)
-    if status.get("progress") != current:
+    if progress_due(status.get("progress"), current, terminal):
         plan.patches.append([{"op": "add", "path": "/status/progress", "value": current}])
 
     for task, entry in state.all_tasks(mrj):
