@@ -7,6 +7,13 @@ watching, Events and pod logs. Library errors are translated here, at the
 boundary: a failed JSON-patch `test` (HTTP 422) is a `Conflict`, 404 is
 `JobNotFound`/`NotFound`, 403 is `Forbidden` with what was refused, 5xx and
 dropped connections are `TemporaryError`. Nothing else imports `kubernetes`.
+
+With `KUBEMR_TRACE_FILE` set (a path, or `-` for stderr, which on a cluster
+is the pod's log), every read and JSON patch of a MapReduceJob appends one
+line to it (`RequestTrace`): what was done, when, how long it took as this
+client saw it, the HTTP status (422: a lost race) and the bytes sent and
+received. bench/coordination.py reads these lines from the worker pods'
+logs; unset, nothing is written and nothing else changes.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from kubemr.errors import Conflict, JobNotFound, KubemrError, NotFound, TemporaryError
 
@@ -27,6 +37,9 @@ PLURAL = "mapreducejobs"
 KIND = "MapReduceJob"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 JSON_PATCH = "application/json-patch+json"
+TRACE_ENV = "KUBEMR_TRACE_FILE"
+#: Every trace line starts with this, so it can be picked out of a log it shares.
+TRACE_PREFIX = "kubemr-trace "
 
 
 class KubeError(KubemrError):
@@ -68,6 +81,81 @@ def in_cluster_namespace() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def describe_patch(ops: Sequence[dict[str, Any]]) -> str:
+    """What a patch of the job document does, in short: `map-17=r`, `plan=d,phase=Mapping`.
+
+    Each `add`/`replace` of a task entry gives the task and its new state, and a
+    change of phase gives the phase; anything else (renewals, progress) is `-`.
+    """
+    parts: list[str] = []
+    for op in ops:
+        if op.get("op") not in ("add", "replace"):
+            continue
+        path = str(op.get("path", ""))
+        value = op.get("value")
+        if path == "/status/phase":
+            parts.append(f"phase={value}")
+        elif isinstance(value, dict) and "s" in value and path.startswith("/status/"):
+            parts.append(f"{path.removeprefix('/status/').replace('/', '-')}={value['s']}")
+    return ",".join(parts) or "-"
+
+
+class RequestTrace:
+    """One line per request on a MapReduceJob, appended to a file: for measuring, not logging.
+
+    A line is `kubemr-trace ` followed by a JSON object: `v` the verb (GET or
+    PATCH), `t` when the request started (epoch seconds), `ms` how long it
+    took until its response was read, `code` the HTTP status (0: no answer),
+    `out`/`in` the bytes of the request and response bodies, and for a patch
+    `what` (`describe_patch`).
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> RequestTrace | None:
+        """The trace `KUBEMR_TRACE_FILE` asks for, or None; `-` means stderr."""
+        path = os.environ.get(TRACE_ENV)
+        if not path:
+            return None
+        if path == "-":
+            return cls(sys.stderr)
+        try:
+            return cls(open(path, "a", buffering=1, encoding="utf-8"))
+        except OSError as exc:
+            raise KubemrError(f"cannot open {TRACE_ENV}={path}: {exc.strerror or exc}.") from exc
+
+    def record(
+        self,
+        verb: str,
+        started: float,
+        seconds: float,
+        code: int,
+        sent: int,
+        received: int,
+        what: str | None = None,
+    ) -> None:
+        entry: dict[str, Any] = {
+            "v": verb,
+            "t": round(started, 4),
+            "ms": round(seconds * 1000, 3),
+            "code": code,
+            "out": sent,
+            "in": received,
+        }
+        if what is not None:
+            entry["what"] = what
+        line = TRACE_PREFIX + json.dumps(entry, separators=(",", ":")) + "\n"
+        with self._lock:
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except (OSError, ValueError):  # a full disk or a closed stream: stop measuring
+                pass
 
 
 def _translate(exc: Exception, what: str) -> KubemrError:
@@ -129,6 +217,7 @@ class Kube:
         self.rbac = client.RbacAuthorizationV1Api(self.api_client)
         self.events = client.EventsV1Api(self.api_client)
         self.default_namespace = self._default_namespace(config)
+        self.trace = RequestTrace.from_env()
 
     @staticmethod
     def _default_namespace(config: KubeConfig) -> str:
@@ -148,18 +237,29 @@ class Kube:
     # ---- MapReduceJobs ----------------------------------------------------
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        started, t0 = time.time(), time.perf_counter()
+        code = received = 0
         try:
-            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
+            # The raw response, parsed here: the same object, and its size for the trace.
+            response = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
             )
+            data = bytes(response.data)
+            code, received = int(response.status), len(data)
+            obj: dict[str, Any] = json.loads(data)
             return obj
         except Exception as exc:
+            code = int(getattr(exc, "status", 0) or 0)
+            received = len(getattr(exc, "body", None) or b"")
             err = _translate(exc, f"MapReduceJob {namespace}/{name}")
             if isinstance(err, NotFound):
                 raise JobNotFound(
                     f"there is no MapReduceJob {name} in namespace {namespace}."
                 ) from exc
             raise err from exc
+        finally:
+            if self.trace is not None:
+                self.trace.record("GET", started, time.perf_counter() - t0, code, 0, received)
 
     def list_jobs(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
         """Every MapReduceJob (in `namespace`, or all), and the list's resourceVersion."""
@@ -227,16 +327,42 @@ class Kube:
         self, namespace: str, name: str, ops: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """Apply a JSON patch to the status subresource, atomically; 422 means a failed test."""
+        started, t0 = time.time(), time.perf_counter()
+        code = received = 0
         try:
-            obj: dict[str, Any] = self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH
+            response = self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                ops,
+                _content_type=JSON_PATCH,
+                _preload_content=False,
             )
+            data = bytes(response.data)
+            code, received = int(response.status), len(data)
+            obj: dict[str, Any] = json.loads(data)
             return obj
         except Exception as exc:
+            code = int(getattr(exc, "status", 0) or 0)
+            received = len(getattr(exc, "body", None) or b"")
             err = _translate(exc, f"patching MapReduceJob {namespace}/{name}")
             if isinstance(err, NotFound):
                 raise JobNotFound(f"the MapReduceJob {namespace}/{name} is gone.") from exc
             raise err from exc
+        finally:
+            if self.trace is not None:
+                sent = len(json.dumps(ops))  # as the client sends it
+                self.trace.record(
+                    "PATCH",
+                    started,
+                    time.perf_counter() - t0,
+                    code,
+                    sent,
+                    received,
+                    describe_patch(ops),
+                )
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:

@@ -1,0 +1,61 @@
+"""bench/coordination.py still runs: tiny jobs on the devcluster, checked for sane figures.
+
+The figures in docs/benchmarks.md come from the script at T = 100, 1,000 and
+10,000 with 8 worker pods; this runs it at T = 10 and 20 with 2, so the
+operator, the worker pods' request traces, the apiserver's metrics, the watch
+and the /proc sampling it relies on keep working as the code changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from devcluster_support import Cluster
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_coordination_benchmark_runs(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "coordination.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMR_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "coordination.py"),
+            "--tasks",
+            "10,20",
+            "--workers",
+            "2",
+            "--timeout",
+            "240",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "tasks/s" in done.stdout and "growth exponent" in done.stdout
+    data = json.loads(out.read_text())
+    rows = {r["tasks"]: r for r in data["rows"]}
+    assert sorted(rows) == [10, 20]
+    for tasks, r in rows.items():
+        assert r["complete"] and r["done"] == tasks
+        assert r["tasks_per_s"] > 0 and 0 < r["map_s"] <= r["job_s"]
+        assert r["max_kib"] > 0 and r["stored_kib"] > 0
+        assert r["patches_per_task"] > 0  # claims and commits (several tasks each, batched)
+        assert r["gets_per_task"] > 0
+        assert r["patch_ms"][0] > 0 and r["patch_ms"][1] >= r["patch_ms"][0]
+        assert r["cpu_ms_per_task"]["workers"] > 0
+        assert r["cpu_ms_per_task"]["kube-apiserver"] > 0
+    assert data["growth"] == data["growth"]  # a number, not NaN
