@@ -91,6 +91,25 @@ def test_sigkill_worker_mid_task_loses_nothing(kubemr: Kubemr, batch: str) -> No
     assert all(e["s"] == "d" for e in doc["status"]["map"])
 
 
+def freeze_outside_a_write(pid: int) -> None:
+    """SIGSTOP `pid` at a moment it holds no exclusive file lock.
+
+    A local run's job store is SQLite: a worker frozen inside a write
+    transaction keeps its write lock and stalls every other worker until it
+    continues (a known limit of local mode, not what this test is about), so
+    a freeze that lands in the millisecond of a write is undone and retried.
+    """
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        with open("/proc/locks") as f:
+            held = [line.split() for line in f]
+        if not any(len(x) > 4 and x[3] == "WRITE" and x[4] == str(pid) for x in held):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError(f"worker {pid} held a write lock at every try")
+
+
 @BATCHES
 def test_frozen_worker_whose_lease_was_taken_cannot_commit(kubemr: Kubemr, batch: str) -> None:
     make_inputs(kubemr.tmp, 4)
@@ -101,7 +120,7 @@ def test_frozen_worker_whose_lease_was_taken_cannot_commit(kubemr: Kubemr, batch
     run_dir = kubemr.run_dir("zombie")
     index, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
     pid = wait_for(lambda: worker_pids(entry["h"]).get(entry["h"]), what="the worker's pid")
-    os.kill(pid, signal.SIGSTOP)
+    freeze_outside_a_write(pid)
     try:
         # Another worker takes the task over once the frozen worker's lease expires, and commits.
         def redone() -> bool:
