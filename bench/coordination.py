@@ -120,6 +120,7 @@ class Outcome:
     stopped: str = ""  # why the job was stopped before it ended, if it was
     notes: list[str] = field(default_factory=list)
     map_cpu_ms: dict[str, float] = field(default_factory=dict)  # by group, in the map phase
+    phases: dict[str, float] = field(default_factory=dict)  # first seen, s after creation
 
     @property
     def rate(self) -> float:
@@ -280,8 +281,9 @@ def api_counts(delta: list[Sample]) -> dict[str, int]:
         if name == "apiserver_request_total" and lab.get("resource") == "mapreducejobs":
             verb = lab.get("verb", "?")
             counts[verb] = counts.get(verb, 0) + int(value)
-            if lab.get("code") == "422":
-                counts["422"] = counts.get("422", 0) + int(value)
+            code = lab.get("code", "")
+            if code == "422" or code.startswith("5"):
+                counts[code] = counts.get(code, 0) + int(value)
     return counts
 
 
@@ -629,7 +631,10 @@ class Bench:
         phase = final.get("status", {}).get("phase")
         if not stopped and phase != "Succeeded":
             stopped = f"ended {phase}: {final.get('status', {}).get('message')}"
-        out = self._outcome(tasks, watch, requests, delta, sampler, created_at, finished_at)
+        succeeded = phase == "Succeeded" and not stopped
+        out = self._outcome(
+            tasks, watch, requests, delta, sampler, created_at, finished_at, succeeded
+        )
         out.stored_bytes = stored
         out.etcd_db_max = db_max
         out.stopped = stopped
@@ -664,8 +669,10 @@ class Bench:
         sampler: CpuSampler,
         created_at: float,
         finished_at: float,
+        succeeded: bool,
     ) -> Outcome:
         ok = [r for r in requests if 200 <= r.code < 300]
+        done = len({t for r in ok if r.verb == "PATCH" for t in MAP_COMMIT.findall(r.what)})
         mapping = [r.end for r in ok if r.verb == "PATCH" and "phase=Mapping" in r.what]
         commits = [r.end for r in ok if r.verb == "PATCH" and MAP_COMMIT.search(r.what)]
         notes: list[str] = []
@@ -675,8 +682,20 @@ class Bench:
             notes.append("map phase from the watch (no worker traces)")
             start = watch.phases.get("Mapping", created_at)
             end = watch.phases.get("Publishing", finished_at)
+        failed = [r for r in requests if not 200 <= r.code < 300 and r.code != 422]
+        if failed:
+            codes = sorted({r.code for r in failed})
+            notes.append(f"{len(failed)} request(s) failed (HTTP {codes}; 0: no answer)")
+        if succeeded and done < tasks:
+            # A commit whose answer was lost (a 504 after the apiserver's 60 s) may still have
+            # been applied: the job ended, so every task was committed, the last just before
+            # the phase moved on.
+            notes.append(f"{tasks - done} map commit(s) applied without an answer")
+            end = max(end, watch.phases.get("Publishing", end))
+            done = tasks
+        elif not (mapping and commits):
+            done = tasks if succeeded else 0
         map_s = end - start
-        done = len({t for r in ok if r.verb == "PATCH" for t in MAP_COMMIT.findall(r.what)})
         patches = [r for r in requests if r.verb == "PATCH"]
         gets = [r for r in requests if r.verb == "GET"]
         return Outcome(
@@ -702,8 +721,9 @@ class Bench:
             etcd_db_max=0,
             cpu_ms=sampler.history[-1][1],
             map_cpu_ms=sampler.window(start, end),
-            done=done if mapping and commits else tasks,
+            done=done,
             notes=notes,
+            phases={k: round(v - created_at, 3) for k, v in watch.phases.items()},
         )
 
 
@@ -805,14 +825,18 @@ def median_outcome(runs: list[Outcome]) -> dict[str, Any]:
         return statistics.median(get(o) for o in runs)
 
     tasks = runs[0].tasks
-    cpu_keys = sorted({k for o in runs for k in o.map_cpu_ms})
+    # --json files of earlier versions of this script hold the whole job's CPU time only
+    whole = not any(o.map_cpu_ms for o in runs)
+    cpu_keys = sorted({k for o in runs for k in (o.cpu_ms if whole else o.map_cpu_ms)})
 
     def per(o: Outcome) -> int:
         """Per-task figures count the tasks committed (all, unless a job was stopped)."""
         return max(o.done, 1)
 
     def cpu_per_task(key: str) -> float:
-        return statistics.median(o.map_cpu_ms.get(key, 0.0) / per(o) for o in runs)
+        return statistics.median(
+            (o.cpu_ms if whole else o.map_cpu_ms).get(key, 0.0) / per(o) for o in runs
+        )
 
     return {
         "tasks": tasks,
@@ -840,6 +864,7 @@ def median_outcome(runs: list[Outcome]) -> dict[str, Any]:
         "max_kib": med(lambda o: o.max_bytes / 1024),
         "stored_kib": med(lambda o: o.stored_bytes / 1024),
         "cpu_ms_per_task": {k: cpu_per_task(k) for k in cpu_keys},  # in the map phase
+        "cpu_of_whole_job": whole,
         "job_cpu_s": {
             k: statistics.median(o.cpu_ms.get(k, 0.0) / 1000 for o in runs)
             for k in sorted({k for o in runs for k in o.cpu_ms})
@@ -865,6 +890,10 @@ def print_tables(rows: list[dict[str, Any]], growth: float, measured_growth: flo
         f"{'T':>6}{'map s':>9}{'tasks/s':>9}{'job s':>8}{'PATCH ms':>11}{'(api)':>11}"
         f"{'GET ms':>10}{'(api)':>10}{'conflicts':>11}{'max KiB':>9}{'stored':>8}"
     )
+    print(
+        "runs per T (the figures are medians): "
+        + ", ".join(f"{r['tasks']}: {r['runs']}" for r in rows)
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -887,11 +916,13 @@ def print_tables(rows: list[dict[str, Any]], growth: float, measured_growth: flo
             f"{so_far};\n  over the jobs that ended only: {measured_growth:.2f})"
         )
     print("PATCH/GET ms: p50/p99 as the workers saw them, (api) as the apiserver did.")
+    whole = any(r.get("cpu_of_whole_job") for r in rows)
+    cpu_label = "CPU ms*" if whole else "CPU ms:"
     groups = ["workers", "commands", "kube-apiserver", "etcd", "operator", "minio"]
     rest = ["kube-controller-manager", "nodeagent"]
     head2 = (
         f"\n{'T':>6}{'GET':>6}{'PATCH':>7}{'in KiB':>8}{'out KiB':>8}{'watch KiB':>10}"
-        f"{'writes':>7}{'txns':>6} | CPU ms:{'workers':>8}{'cmds':>6}{'apisrv':>7}{'etcd':>6}"
+        f"{'writes':>7}{'txns':>6} | {cpu_label}{'workers':>8}{'cmds':>6}{'apisrv':>7}{'etcd':>6}"
         f"{'oper':>6}{'minio':>6}{'other':>6}"
     )
     print(head2)
@@ -915,6 +946,8 @@ update transactions on etcd for them (txns: a write that lost to another at etcd
 inside the apiserver); CPU ms of each process group during the map phase (cmds: the workers'
 sh/cat; other: controller-manager and node agent)."""
     )
+    if whole:
+        print("CPU ms*: over the whole job (a --json file of an earlier version of this script).")
 
 
 def plot(rows: list[dict[str, Any]], growth: float, path: str) -> None:
@@ -1010,11 +1043,16 @@ def report(
     return 0
 
 
-def reread(path: str) -> tuple[dict[int, list[Outcome]], list[str]]:
-    """The runs and notes a --json file holds."""
-    data = json.loads(Path(path).read_text())
-    outcomes = {int(t): [Outcome(**run) for run in runs] for t, runs in data["runs"].items()}
-    return outcomes, list(data.get("notes", []))
+def reread(paths: str) -> tuple[dict[int, list[Outcome]], list[str]]:
+    """The runs and notes of --json files (comma-separated), together."""
+    outcomes: dict[int, list[Outcome]] = {}
+    notes: list[str] = []
+    for path in paths.split(","):
+        data = json.loads(Path(path).read_text())
+        for t, runs in data["runs"].items():
+            outcomes.setdefault(int(t), []).extend(Outcome(**run) for run in runs)
+        notes.extend(data.get("notes", []))
+    return outcomes, notes
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -1054,7 +1092,8 @@ def main() -> int:
     parser.add_argument(
         "--report",
         metavar="FILE",
-        help="run nothing: print the tables (and --plot) again from a --json file",
+        help="run nothing: print the tables (and --plot, --json) again from --json files "
+        "(comma-separated: their runs together)",
     )
     parser.add_argument("--plot-from", help=argparse.SUPPRESS)
     args = parser.parse_args()
