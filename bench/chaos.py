@@ -48,6 +48,8 @@ from typing import Any
 
 import yaml
 
+from kubemr import state
+
 LEASE_SECONDS = "2"
 WORKERS = 3
 KINDS = ("sigkill", "sigstop", "kill-run", "unwritable", "disk-full")
@@ -202,21 +204,24 @@ def workers(run_dir: Path) -> dict[str, int]:
 
 
 def held(doc: dict[str, Any] | None) -> dict[str, tuple[str, int]]:
-    """Running task entries by holder: task name and attempt."""
+    """Unfinished claims by holder: the task it runs (or is about to) and its attempt."""
     out: dict[str, tuple[str, int]] = {}
-    status = (doc or {}).get("status") or {}
     for stage in ("map", "reduce"):
-        for i, entry in enumerate(status.get(stage) or []):
-            if entry.get("s") == "r":
-                out[entry["h"]] = (f"{stage}-{i}", int(entry["a"]))
+        st = state.stage_of(doc or {}, stage)
+        for holder, claim in st.running() if st is not None else ():
+            first = int(claim["d"])
+            out[holder] = (f"{stage}-{first}", st.attempt_of(first))
     return out
 
 
 def entry(doc: dict[str, Any] | None, task: str) -> dict[str, Any]:
+    """A task as {"s": "d" (committed) or "p", "a": its latest attempt}; {} if none."""
     stage, _, index = task.partition("-")
-    items = ((doc or {}).get("status") or {}).get(stage) or []
-    value: dict[str, Any] = items[int(index)] if int(index) < len(items) else {}
-    return value
+    st = state.stage_of(doc or {}, stage)
+    i = int(index)
+    if st is None or i >= st.n:
+        return {}
+    return {"s": "d" if i in st.committed() else "p", "a": st.attempt_of(i)}
 
 
 def moved_on(run_dir: Path, task: str, attempt: int) -> bool:
@@ -317,8 +322,8 @@ def fault_kill_run(runner: Runner, job: Path, run_dir: Path, out: Path, rng: ran
 
 
 def entry_list(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = ((doc or {}).get("status") or {}).get("map") or []
-    return items
+    st = state.stage_of(doc or {}, "map")
+    return [entry(doc, f"map-{i}") for i in range(st.n)] if st is not None else []
 
 
 def fault_unwritable(

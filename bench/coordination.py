@@ -76,14 +76,20 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kubemr import state  # noqa: E402  (the kubemr of this checkout)
+
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubemr-bench"
 TRACE_PREFIX = "kubemr-trace "
 LINE_BYTES = 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PHASE = re.compile(rb'"phase":"(\w+)"')
 VERSION = re.compile(rb'"resourceVersion":"(\d+)"')
-#: A map task committed, in a traced patch's `what` (a batched commit names several).
-MAP_COMMIT = re.compile(r"(?:^|,)(map-\d+)=d(?=,|$)")
+#: A commit of map tasks by the holder of a claim, in a traced patch's `what`.
+MAP_COMMIT = re.compile(r"(?:^|,)commit=map:\d+(?=,|$)")
+#: The patch that ends the map phase (it starts reducing or publishing).
+MAP_END = re.compile(r"(?:^|,)phase=(?:Reducing|Publishing)(?=,|$)")
 #: Processes of the devcluster whose CPU time is sampled, by their pid file's name.
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "minio", "nodeagent")
 
@@ -121,6 +127,8 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     map_cpu_ms: dict[str, float] = field(default_factory=dict)  # by group, in the map phase
     phases: dict[str, float] = field(default_factory=dict)  # first seen, s after creation
+    protocol: bool = False  # workers ran the protocol only (no operator, pods or data)
+    written_bytes: int = 0  # the bytes of every version: what the apiserver wrote to etcd
 
     @property
     def rate(self) -> float:
@@ -340,11 +348,14 @@ def is_worker_of(pid: int, store: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        # python .venv/bin/kubemr shim, or kubemr shim; not the bwrap that started it
-        if b"shim" not in argv[1:3] or os.path.basename(argv[0]) == b"bwrap":
-            return False
-        if not any(a.endswith(b"kubemr") for a in argv[:2]):
-            return False
+        # python .venv/bin/kubemr shim, or kubemr shim; not the bwrap that started it; or
+        # this script's own protocol-only worker
+        protocol = len(argv) > 2 and argv[1].endswith(b"coordination.py") and argv[2] == b"--worker"
+        if not protocol:
+            if b"shim" not in argv[1:3] or os.path.basename(argv[0]) == b"bwrap":
+                return False
+            if not any(a.endswith(b"kubemr") for a in argv[:2]):
+                return False
         with open(f"/proc/{pid}/environ", "rb") as f:
             return f"KUBEMR_STORE={store}".encode() in f.read().split(b"\0")
     except OSError:
@@ -438,6 +449,7 @@ class ObjectWatch:
         self.phases: dict[str, float] = {}
         self.max_bytes = 0
         self.versions = 0
+        self.total_bytes = 0
         self.done = threading.Event()
         self.error: list[str] = []
         self._thread = threading.Thread(target=self._run, daemon=True, name="watch")
@@ -486,6 +498,7 @@ class ObjectWatch:
         if version:
             self.version = version.group(1).decode()
         self.versions += 1
+        self.total_bytes += size
         self.max_bytes = max(self.max_bytes, size)
         phase = PHASE.search(line)
         if phase:
@@ -564,6 +577,9 @@ class Bench:
     workers: int
     etcd_limit: int
     named_pids: dict[str, int]
+    protocol: bool = False
+    work: Path = Path("/tmp")
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def manifest(self, tasks: int, rep: int) -> dict[str, Any]:
         env = [
@@ -586,17 +602,69 @@ class Bench:
             },
         }
 
+    def protocol_manifest(self, tasks: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "kubemr.io/v1alpha1",
+            "kind": "MapReduceJob",
+            "metadata": {"generateName": f"proto-{tasks}-", "namespace": self.namespace},
+            "spec": {
+                "replicas": self.workers,
+                "inputs": [f"{tasks} no-op tasks"],
+                "map": "true",
+                "output": "s3://unused/out/",
+            },
+        }
+
+    def start_workers(self, name: str, tasks: int) -> None:
+        """`workers` real worker processes on this machine, running the protocol with a
+        runner that moves no data (see `worker_main`)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMR_")}
+        traces = self.work / name
+        traces.mkdir(parents=True, exist_ok=True)
+        env.update(
+            KUBECONFIG=self.cluster.env["KUBECONFIG"],
+            PYTHONPATH=str(REPO),
+            KUBEMR_STORE=f"kube://{self.namespace}/{name}",
+            KUBEMR_WORKERS=str(self.workers),
+            KUBEMR_BENCH_TASKS=str(tasks),
+        )
+        self.procs = []
+        for i in range(self.workers):
+            env["KUBEMR_WORKER_ID"] = f"{name}-w{i}"
+            env["KUBEMR_TRACE_FILE"] = str(traces / f"w{i}.trace")
+            with open(traces / f"w{i}.log", "wb") as log:
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--worker"],
+                        env=dict(env),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+
     def run(self, tasks: int, rep: int, timeout: float) -> Outcome:
         before = scrape(self.cluster)
         created_at = time.time()
-        obj = self.kube.create_job(self.namespace, self.manifest(tasks, rep))
-        name = obj["metadata"]["name"]
+        if self.protocol:
+            obj = self.kube.create_job(self.namespace, self.protocol_manifest(tasks))
+            name = obj["metadata"]["name"]
+            obj = self.kube.patch_job_status(
+                self.namespace,
+                name,
+                [{"op": "add", "path": "/status", "value": {"phase": "Pending"}}],
+            )
+        else:
+            obj = self.kube.create_job(self.namespace, self.manifest(tasks, rep))
+            name = obj["metadata"]["name"]
         watch = ObjectWatch(
             self.kube.api_client, self.namespace, name, obj["metadata"]["resourceVersion"]
         )
         watch.start()
         sampler = CpuSampler(dict(self.named_pids), f"kube://{self.namespace}/{name}")
         sampler.start()
+        if self.protocol:
+            self.start_workers(name, tasks)
         etcd = self.cluster.etcd_url()
         stopped = ""
         db_max = 0
@@ -632,8 +700,9 @@ class Bench:
         if not stopped and phase != "Succeeded":
             stopped = f"ended {phase}: {final.get('status', {}).get('message')}"
         succeeded = phase == "Succeeded" and not stopped
+        committed = state.counts(final, "map")[0] if not succeeded else tasks
         out = self._outcome(
-            tasks, watch, requests, delta, sampler, created_at, finished_at, succeeded
+            tasks, watch, requests, delta, sampler, created_at, finished_at, succeeded, committed
         )
         out.stored_bytes = stored
         out.etcd_db_max = db_max
@@ -646,6 +715,14 @@ class Bench:
     def _wait_workers_exit(self, name: str, timeout: float = 120) -> None:
         """Wait until the job's worker pods have ended (or are gone): all their CPU time counts."""
         deadline = time.monotonic() + timeout
+        if self.protocol:
+            for proc in self.procs:
+                try:
+                    proc.wait(max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            return
         while time.monotonic() < deadline:
             pods = self.kube.list_pods(self.namespace, f"kubemr.io/job={name}")
             ended = ("Succeeded", "Failed")
@@ -655,6 +732,10 @@ class Bench:
 
     def _traces(self, name: str) -> list[Request]:
         out: list[Request] = []
+        if self.protocol:
+            for path in sorted((self.work / name).glob("*.trace")):
+                out.extend(parse_trace(path.read_text(errors="replace")))
+            return out
         for pod in self.kube.list_pods(self.namespace, f"kubemr.io/job={name}"):
             log = self.kube.pod_log(self.namespace, pod["metadata"]["name"], "worker")
             out.extend(parse_trace(log))
@@ -670,11 +751,16 @@ class Bench:
         created_at: float,
         finished_at: float,
         succeeded: bool,
+        committed: int,
     ) -> Outcome:
         ok = [r for r in requests if 200 <= r.code < 300]
-        done = len({t for r in ok if r.verb == "PATCH" for t in MAP_COMMIT.findall(r.what)})
         mapping = [r.end for r in ok if r.verb == "PATCH" and "phase=Mapping" in r.what]
-        commits = [r.end for r in ok if r.verb == "PATCH" and MAP_COMMIT.search(r.what)]
+        commits = [
+            r.end
+            for r in ok
+            if r.verb == "PATCH" and (MAP_COMMIT.search(r.what) or MAP_END.search(r.what))
+        ]
+        done = committed
         notes: list[str] = []
         if mapping and commits:
             start, end = min(mapping), max(commits)
@@ -686,15 +772,6 @@ class Bench:
         if failed:
             codes = sorted({r.code for r in failed})
             notes.append(f"{len(failed)} request(s) failed (HTTP {codes}; 0: no answer)")
-        if succeeded and done < tasks:
-            # A commit whose answer was lost (a 504 after the apiserver's 60 s) may still have
-            # been applied: the job ended, so every task was committed, the last just before
-            # the phase moved on.
-            notes.append(f"{tasks - done} map commit(s) applied without an answer")
-            end = max(end, watch.phases.get("Publishing", end))
-            done = tasks
-        elif not (mapping and commits):
-            done = tasks if succeeded else 0
         map_s = end - start
         patches = [r for r in requests if r.verb == "PATCH"]
         gets = [r for r in requests if r.verb == "GET"]
@@ -716,6 +793,8 @@ class Bench:
             max_bytes=watch.max_bytes,
             stored_bytes=0,
             versions=watch.versions,
+            written_bytes=watch.total_bytes,
+            protocol=self.protocol,
             api_requests=api_counts(delta),
             etcd_requests=etcd_requests(delta),
             etcd_db_max=0,
@@ -1055,6 +1134,62 @@ def reread(paths: str) -> tuple[dict[int, list[Outcome]], list[str]]:
     return outcomes, notes
 
 
+# -- the protocol-only worker ---------------------------------------------------------------
+
+
+def worker_main() -> int:
+    """A real worker (`kubemr.shim.worker.Worker`: decide, claim, renew, commit, the watch, the
+    lease keeper, against the real apiserver) whose `TaskRunner` moves no data: planning
+    plans KUBEMR_BENCH_TASKS map tasks, a map task does nothing, publishing places nothing.
+    This is the interface where a worker hands a task to the data path, so what is measured
+    is exactly what coordination costs a job, and nothing of what its commands cost."""
+    sys.path.insert(0, str(REPO))
+    import logging
+
+    from kubemr.shim import config as shim_config
+    from kubemr.shim.planner import Planned
+    from kubemr.shim.tasks import Result
+    from kubemr.shim.worker import Worker
+
+    tasks = int(os.environ["KUBEMR_BENCH_TASKS"])
+
+    class NoData:
+        def run(self, job: Any, doc: Any, task: Any, attempt: int, watch: Any) -> Result:
+            if task.stage == "plan":
+                return Result(planned=Planned(tasks, "noop://plan", "noop://work/", 0))
+            return Result()
+
+        def status(self) -> str | None:
+            return None
+
+        def describe(self, job: Any, doc: Any, task: Any) -> str:
+            return ""
+
+        def succeeded(self, job: Any, doc: Any) -> None:
+            pass
+
+        def clean_up(self, job: Any, doc: Any) -> None:
+            pass
+
+    config = shim_config.from_env()
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"%(asctime)s {config.worker_id} %(levelname)s %(message)s",
+    )
+    worker = Worker(config, runner=NoData())
+    worker.handle_signals()
+    try:
+        code = worker.run()
+    finally:
+        worker.store.close()
+    print(
+        f"{config.worker_id}: {worker.tally.claims} claims, {worker.tally.tasks} tasks, "
+        f"{worker.tally.takeovers} takeovers, {worker.writer.conflicts} lost races",
+        flush=True,
+    )
+    return code
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -1095,8 +1230,17 @@ def main() -> int:
         help="run nothing: print the tables (and --plot, --json) again from --json files "
         "(comma-separated: their runs together)",
     )
+    parser.add_argument(
+        "--protocol",
+        action="store_true",
+        help="protocol only: real worker processes on this machine against the real apiserver, "
+        "with tasks that do nothing and no operator, pods or storage",
+    )
     parser.add_argument("--plot-from", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker_main()
     if args.plot_from:
         data = json.loads(args.plot_from)
         plot(data["rows"], data["growth"], args.plot)
@@ -1139,18 +1283,31 @@ def main() -> int:
             region_name=cluster.env.get("AWS_REGION", "us-east-1"),
         )
         bucket = namespace
-        s3.create_bucket(Bucket=bucket)
-        for tasks in args.tasks:
-            make_input(s3, bucket, tasks)
-        operator = start_operator(cluster, namespace, work / "operator.log")
         named = {name: pid for name in CONTROL_PLANE if (pid := cluster.pid(name)) is not None}
-        named["operator"] = operator.pid
+        if not args.protocol:
+            s3.create_bucket(Bucket=bucket)
+            for tasks in args.tasks:
+                make_input(s3, bucket, tasks)
+            operator = start_operator(cluster, namespace, work / "operator.log")
+            named["operator"] = operator.pid
         bench = Bench(
-            cluster, kube, namespace, bucket, args.workers, args.etcd_limit_mib << 20, named
+            cluster,
+            kube,
+            namespace,
+            bucket,
+            args.workers,
+            args.etcd_limit_mib << 20,
+            named,
+            protocol=args.protocol,
+            work=work,
+        )
+        what = (
+            f"protocol only: {args.workers} worker processes, no-op tasks"
+            if args.protocol
+            else f"map-only jobs of `cat >/dev/null` tasks, {args.workers} worker pods"
         )
         print(
-            f"map-only jobs of `cat >/dev/null` tasks, {args.workers} worker pods, "
-            f"{args.reps} rep(s); namespace {namespace}; {os.cpu_count()} CPU(s); "
+            f"{what}, {args.reps} rep(s); namespace {namespace}; {os.cpu_count()} CPU(s); "
             f"load average {load()}",
             flush=True,
         )
@@ -1181,7 +1338,7 @@ def main() -> int:
                 operator.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 operator.kill()
-        if s3 is not None:
+        if s3 is not None and not args.protocol:
             empty_bucket(s3, namespace)
         if kube is not None:
             cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

@@ -14,10 +14,12 @@ noticing that the job ended. For each worker count the table shows
 - the map phase, from the first map task's start to the last map task's
   commit, read from the workers' logs, and its efficiency;
 - per-task overhead in milliseconds, from the same logs: `claim` is the time
-  from a worker's previous commit (or its plan commit) to the start of its
-  next task (reading the job, deciding, the claim patch), `run+commit` is a
-  task's start-to-commit time minus the sleep (scratch directory, starting
-  the command, noticing its exit, storing its output, the commit patch).
+  from the end of a worker's previous task (or its plan commit) to the start
+  of its next (the next task of its claim, or reading the job, deciding and
+  the claim patch), `run+commit` is a task's start-to-finish time minus the
+  sleep (scratch directory, starting the command, noticing its exit, storing
+  its output). A claim of several tasks is committed with its holder's lease
+  renewals and at its end, which the claim figure includes.
 
 With more workers than CPUs the workers compete for the CPUs, so overhead
 that costs CPU time shows up in every worker's latency.
@@ -42,7 +44,7 @@ import yaml
 
 LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<worker>\S+) \w+ "
-    r"(?P<task>\S+) attempt \d+ (?P<what>started|committed)"
+    r"(?P<task>\S+) attempt \d+ (?P<what>started|finished|committed)"
 )
 
 
@@ -74,7 +76,7 @@ def read_logs(logs: Path, sleep: float) -> tuple[float, float, float, int]:
             if not m:
                 continue
             ts, worker, task = parse_time(m["ts"]), m["worker"], m["task"]
-            if m["what"] == "committed":
+            if m["what"] in ("finished", "committed"):
                 commits[task] = ts
                 last[worker] = ts
                 continue

@@ -154,13 +154,17 @@ def wait(kube: Kube, namespace: str, name: str, quiet: bool = False, timeout: fl
     """Show progress until the job ends; 0 if it succeeded, 1 if it failed."""
     progress = None if quiet else Progress()
     deadline = time.monotonic() + timeout if timeout else None
+    succeeded_at: float | None = None
     try:
         while True:
             doc = kube.get_job(namespace, name)
             if progress is not None:
                 progress.update(doc)
             if state.phase_of(doc) in state.TERMINAL:
-                break
+                # A worker writes _SUCCESS just after the commit: wait for it, a while.
+                succeeded_at = succeeded_at or time.monotonic()
+                if not state.needs_success_marker(doc) or time.monotonic() - succeeded_at > 60:
+                    break
             if deadline is not None and time.monotonic() > deadline:
                 raise RunError(f"{name} did not finish within {timeout:g}s; it is still running.")
             time.sleep(1.0)
@@ -170,7 +174,7 @@ def wait(kube: Kube, namespace: str, name: str, quiet: bool = False, timeout: fl
     status = state.status_of(doc)
     if state.phase_of(doc) == state.SUCCEEDED:
         print(
-            f"{name} succeeded: {len(status.get('results') or [])} result file(s) in "
+            f"{name} succeeded: {state.result_count(doc)} result file(s) in "
             f"{doc['spec'].get('output')}",
             file=sys.stderr,
         )

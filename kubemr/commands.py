@@ -97,10 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _report(doc: dict[str, Any], name: str, run_dir: str, elapsed: float) -> int:
     status = state.status_of(doc)
     if state.phase_of(doc) == state.SUCCEEDED:
-        results = [str(r) for r in status.get("results", [])]
         output = str(doc["spec"]["output"])
         shown = output.removeprefix("file://")
-        _err(f"{name} succeeded in {elapsed:.1f}s: {len(results)} result file(s)")
+        _err(f"{name} succeeded in {elapsed:.1f}s: {state.result_count(doc)} result file(s)")
         counters = status.get("counters") or {}
         if counters:
             _err("counters:")
@@ -140,21 +139,40 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"message:   {status['message']}")
     for cond in status.get("conditions") or []:
         print(f"condition: {cond.get('type')}={cond.get('status')} {cond.get('message', '')}")
-    for stage in ("map", "reduce"):
-        for i, entry in enumerate(state.entries(doc, stage)):
-            if entry.get("s") in (state.RUNNING, state.FAILED) or entry.get("e"):
-                print(f"  {stage}-{i}: {_entry_text(entry)}")
+    for line in task_lines(doc):
+        print(f"  {line}")
+    counters = status.get("counters") or {}
+    if counters:
+        print("counters:")
+        for line in reporter.format_counters(counters):
+            print(line)
     return 0
 
 
-def _entry_text(entry: dict[str, Any]) -> str:
-    words = {"p": "pending", "r": "running", "d": "done", "f": "failed"}
-    text = f"{words.get(str(entry.get('s')), '?')}, attempt {entry.get('a', 0)}"
-    if entry.get("h"):
-        text += f" on {entry['h']}"
-    if entry.get("e"):
-        text += f"; last error: {str(entry['e']).splitlines()[0]}"
-    return text
+def task_lines(doc: dict[str, Any]) -> list[str]:
+    """What runs now (claims by worker) and what failed, one line each."""
+    lines: list[str] = []
+    current = state.current_stage(doc)
+    if current is not None:
+        for holder, entry in current.running():
+            a, d, b = int(entry["a"]), int(entry["d"]), int(entry["b"])
+            first = state.Task(current.name, d).name
+            span = f"{first}" if b - d == 1 else f"{first}..{b - 1} ({b - d} tasks)"
+            text = f"{span}: running on {holder}, attempt {current.attempt_of(d)}"
+            if d > a:
+                text += f", {d - a} committed"
+            if entry.get("m"):
+                text += f"; status: {entry['m']}"
+            lines.append(text)
+        for start, end, count in current.fails.items(current.fails.keys() - current.committed()):
+            span = state.Task(current.name, start).name + (
+                f"..{end - 1}" if end - start > 1 else ""
+            )
+            lines.append(f"{span}: failed {count} attempt(s) so far")
+    for stage, error in state.errors_of(doc):
+        first = (str(error.get("e", "")).splitlines() or [""])[0]
+        lines.append(f"{error.get('t', stage)} attempt {error.get('a', '?')} failed: {first}")
+    return lines
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -163,9 +181,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise RunError(
             f"{doc['metadata']['name']} has no results: it is {describe(doc).split()[0]}."
         )
-    results = [str(r) for r in state.status_of(doc).get("results", [])]
     job = _job(doc)
-    for url in results:
+    for url in result_urls(job, doc):
         if not args.cat:
             print(url)
             continue
@@ -175,11 +192,23 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def result_urls(job: Job, doc: dict[str, Any]) -> list[str]:
+    """The result URLs of a job that succeeded: listed in its status, or in its manifest."""
+    status = state.status_of(doc)
+    if isinstance(status.get("results"), list):
+        return [str(r) for r in status["results"]]
+    manifest = status.get("resultsUrl")
+    if not isinstance(manifest, str):
+        return []
+    text = job.storage(manifest).get_bytes(manifest).decode("utf-8")
+    return [line for line in text.splitlines() if line]
+
+
 def _latest_attempt(doc: dict[str, Any], task: state.Task, wanted: int | None) -> int:
-    entry = state.entry_of(doc, task)
-    if entry is None:
+    st = state.stage_of(doc, task.stage)
+    if st is None or task.index >= st.n:
         raise RunError(f"{doc['metadata']['name']} has no task {task.name}.")
-    attempt = int(entry.get("a", 0))
+    attempt = st.attempt_of(task.index)
     if attempt == 0:
         raise RunError(f"{task.name} has not started yet.")
     if wanted is not None:
@@ -233,10 +262,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     status = state.status_of(doc)
     if "planUrl" not in status:
         raise RunError(f"{doc['metadata']['name']} was not planned yet; nothing to replay.")
-    entry = state.entry_of(doc, task)
-    if entry is None:
+    st = state.stage_of(doc, task.stage)
+    if st is None or task.index >= st.n:
         raise RunError(f"{doc['metadata']['name']} has no task {task.name}.")
-    attempt = max(int(entry.get("a", 0)), 1)
+    attempt = max(st.attempt_of(task.index), 1)
     workdir = job.workdir(doc)
     out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
     cwd = tempfile.mkdtemp(prefix=f"kubemr-replay-{task.name}-")
@@ -273,11 +302,11 @@ def _replay_reduce(
 ) -> int:
     from kubemr.shim.reducer import run_urls
 
-    maps = state.entries(doc, "map")
-    if any(e.get("s") != state.DONE for e in maps):
+    done, total = state.counts(doc, "map")
+    if done < total:
         raise RunError(f"{task.name} cannot be replayed before every map task is done.")
     assert job.commands.reduce is not None
-    urls = run_urls(workdir, maps, task.index)
+    urls = run_urls(workdir, state.attempts_of(doc, "map"), task.index)
     paths: list[str] = []
     for i, url in enumerate(urls):
         storage = job.storage(url)

@@ -12,6 +12,7 @@ puts it in `status.message`. Library errors are translated at the boundary
     │   └── NotFound            the object or file does not exist
     ├── StoreError              the job document could not be read or written
     │   ├── Conflict            a patch's `test` failed: lost a race, re-read and decide again
+    │   ├── Refused             the store refused a patch that no retry can make pass
     │   └── JobNotFound         no such job
     ├── TaskFailed              a user command failed (exit code, timeout)
     └── RunError                a local run cannot start or continue
@@ -63,6 +64,11 @@ class StoreError(KubemrError):
 
 class Conflict(StoreError, TemporaryError):
     """A patch's `test` precondition failed: another writer got there first."""
+
+
+class Refused(StoreError):
+    """The store refused a patch for a reason other than a lost race (it is malformed, breaks
+    the schema, or would make the document too large): retrying it cannot help."""
 
 
 class JobNotFound(StoreError):

@@ -29,7 +29,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from kubemr.errors import Conflict, JobNotFound, KubemrError, NotFound, TemporaryError
+from kubemr.errors import (
+    Conflict,
+    JobNotFound,
+    KubemrError,
+    NotFound,
+    Refused,
+    TemporaryError,
+)
 
 GROUP = "kubemr.io"
 VERSION = "v1alpha1"
@@ -66,6 +73,16 @@ class Gone(KubeError):
     """A watch's resourceVersion is too old (410): list again."""
 
 
+class PatchRefused(KubeError, Refused):
+    """The API server refused a patch for a reason no retry can cure: it breaks the
+    schema, holds too many operations, or would make the object too large."""
+
+
+#: The default deadline of every request, in seconds (a worker's is shorter: a third of
+#: its lease at most, so that a hung request cannot outlive the lease it renews).
+DEFAULT_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True)
 class KubeConfig:
     """Where to find the cluster: kubeconfig file and context, or in-cluster."""
@@ -84,32 +101,45 @@ def in_cluster_namespace() -> str | None:
 
 
 def describe_patch(ops: Sequence[dict[str, Any]]) -> str:
-    """What a patch of the job document does, in short: `map-17=r`, `plan=d,phase=Mapping`.
+    """What a patch of the job document does, in short: `claim=map:0-63`, `phase=Mapping`.
 
-    Each `add`/`replace` of a task entry gives the task and its new state, and a
-    change of phase gives the phase; anything else (renewals, progress) is `-`.
+    A new claim gives its stage and tasks, a commit by a holder the task it commits up
+    to (`commit=map:42`), a change of phase the phase; anything else is `-`.
     """
     parts: list[str] = []
     for op in ops:
         if op.get("op") not in ("add", "replace"):
             continue
-        path = str(op.get("path", ""))
+        path = str(op.get("path", "")).split("/")
         value = op.get("value")
-        if path == "/status/phase":
+        if path == ["", "status", "phase"]:
             parts.append(f"phase={value}")
-        elif isinstance(value, dict) and "s" in value and path.startswith("/status/"):
-            parts.append(f"{path.removeprefix('/status/').replace('/', '-')}={value['s']}")
+        elif len(path) == 5 and path[3] == "held" and isinstance(value, dict) and "a" in value:
+            parts.append(f"claim={path[2]}:{value['a']}-{int(value['b']) - 1}")
+        elif len(path) == 6 and path[3] == "held" and path[5] == "d":
+            parts.append(f"commit={path[2]}:{value}")
     return ",".join(parts) or "-"
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The lines of a streamed HTTP response (a watch sends one JSON event per line)."""
+    buffer = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if buffer.strip():
+        yield buffer
 
 
 class RequestTrace:
     """One line per request on a MapReduceJob, appended to a file: for measuring, not logging.
 
-    A line is `kubemr-trace ` followed by a JSON object: `v` the verb (GET or
-    PATCH), `t` when the request started (epoch seconds), `ms` how long it
-    took until its response was read, `code` the HTTP status (0: no answer),
-    `out`/`in` the bytes of the request and response bodies, and for a patch
-    `what` (`describe_patch`).
+    A line is `kubemr-trace ` followed by a JSON object: `v` the verb (GET,
+    PATCH, or WATCH for each event a watch received), `t` when the request
+    started (epoch seconds), `ms` how long it took until its response was read,
+    `code` the HTTP status (0: no answer), `out`/`in` the bytes of the request
+    and response bodies, and for a patch `what` (`describe_patch`).
     """
 
     def __init__(self, stream: IO[str]) -> None:
@@ -172,12 +202,27 @@ def _translate(exc: Exception, what: str) -> KubemrError:
             return AlreadyExists(f"{what}: {reason}")
         if status == 410:
             return Gone(f"{what}: {reason}")
+        if status == 422 and _causes(exc):
+            return PatchRefused(f"{what}: the object would be invalid: {reason}")
         if status == 422:
+            # A failed `test` and a patch that does not apply get the same generic answer:
+            # the caller tells them apart by checking its preconditions again.
             return Conflict(f"{what}: {reason}")
+        if status == 413 or (status == 500 and "too large" in reason):
+            return PatchRefused(f"{what}: the API server refused it as too large: {reason}")
         if status == 0 or status >= 500 or status == 429:
             return TemporaryKubeError(f"{what}: the API server answered {status}: {reason}")
         return KubeError(f"{what}: {reason}")
     return TemporaryKubeError(f"{what}: cannot reach the API server: {exc}")
+
+
+def _causes(exc: Any) -> list[Any]:
+    """The field errors of a 422 answer (schema violations); none for a failed `test`."""
+    try:
+        body = json.loads(exc.body)
+        return list((body.get("details") or {}).get("causes") or [])
+    except (TypeError, ValueError, AttributeError):
+        return []
 
 
 def _reason(exc: Any) -> str:
@@ -191,12 +236,14 @@ def _reason(exc: Any) -> str:
 class Kube:
     """A connection to one cluster."""
 
-    def __init__(self, config: KubeConfig | None = None) -> None:
+    def __init__(self, config: KubeConfig | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         from kubernetes import client
         from kubernetes import config as kconfig
         from kubernetes.config.config_exception import ConfigException
 
         config = config or KubeConfig()
+        #: The deadline of every request (connect and read), in seconds.
+        self.timeout = timeout
         self.api_client: Any
         try:
             if config.in_cluster:
@@ -242,7 +289,13 @@ class Kube:
         try:
             # The raw response, parsed here: the same object, and its size for the trace.
             response = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                _preload_content=False,
+                _request_timeout=self.timeout,
             )
             data = bytes(response.data)
             code, received = int(response.status), len(data)
@@ -265,9 +318,13 @@ class Kube:
         """Every MapReduceJob (in `namespace`, or all), and the list's resourceVersion."""
         try:
             if namespace:
-                out = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                out = self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _request_timeout=self.timeout
+                )
             else:
-                out = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+                out = self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, _request_timeout=self.timeout
+                )
         except Exception as exc:
             raise _translate(exc, "listing MapReduceJobs") from exc
         return list(out.get("items", [])), str(out["metadata"].get("resourceVersion", ""))
@@ -283,6 +340,8 @@ class Kube:
             "resource_version": resource_version,
             "timeout_seconds": timeout,
             "allow_watch_bookmarks": True,
+            # The server ends the watch after `timeout`; the client gives it a little longer.
+            "_request_timeout": (self.timeout, timeout + self.timeout),
         }
         try:
             if namespace:
@@ -314,10 +373,53 @@ class Kube:
         finally:
             w.stop()
 
+    def watch_job(
+        self, namespace: str, name: str, resource_version: str, timeout: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) for one MapReduceJob from `resource_version` on, for at most
+        `timeout` seconds; raises Gone when the version is too old. A watch of one object by
+        its name is what the worker Role allows (`resourceNames` with a field selector)."""
+        try:
+            response = self.custom.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                watch=True,
+                _preload_content=False,
+                _request_timeout=(self.timeout, timeout + self.timeout),
+            )
+        except Exception as exc:
+            raise _translate(exc, f"watching MapReduceJob {namespace}/{name}") from exc
+        code = int(response.status)
+        try:
+            for line in _lines(response):
+                event = json.loads(line)
+                kind = str(event.get("type"))
+                obj = event.get("object")
+                if kind == "ERROR":
+                    status = obj.get("code") if isinstance(obj, dict) else None
+                    if status == 410:
+                        raise Gone("the watch expired (410 Gone)")
+                    raise TemporaryKubeError(f"the watch of {namespace}/{name} failed: {obj}")
+                if self.trace is not None and kind != "BOOKMARK":
+                    self.trace.record("WATCH", time.time(), 0.0, code, 0, len(line) + 1)
+                yield kind, obj
+        except KubemrError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, f"watching MapReduceJob {namespace}/{name}") from exc
+        finally:
+            response.release_conn()
+
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, body
+                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self.timeout
             )
             return obj
         except Exception as exc:
@@ -339,6 +441,7 @@ class Kube:
                 ops,
                 _content_type=JSON_PATCH,
                 _preload_content=False,
+                _request_timeout=self.timeout,
             )
             data = bytes(response.data)
             code, received = int(response.status), len(data)
@@ -367,7 +470,13 @@ class Kube:
     def delete_job(self, namespace: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+                _request_timeout=self.timeout,
             )
         except Exception as exc:
             err = _translate(exc, f"deleting MapReduceJob {namespace}/{name}")
@@ -388,7 +497,7 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
         }
         try:
-            calls[kind](ns, obj)
+            calls[kind](ns, obj, _request_timeout=self.timeout)
         except Exception as exc:
             err = _translate(exc, f"creating {kind} {ns}/{obj['metadata']['name']}")
             if isinstance(err, Conflict):  # 422 on a create: the object is invalid, not a race
@@ -397,7 +506,7 @@ class Kube:
 
     def get_batch_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            job = self.batch.read_namespaced_job(name, namespace)
+            job = self.batch.read_namespaced_job(name, namespace, _request_timeout=self.timeout)
         except Exception as exc:
             err = _translate(exc, f"reading Job {namespace}/{name}")
             if isinstance(err, NotFound):
@@ -408,7 +517,9 @@ class Kube:
 
     def delete_batch_job(self, namespace: str, name: str) -> None:
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Background", _request_timeout=self.timeout
+            )
         except Exception as exc:
             err = _translate(exc, f"deleting Job {namespace}/{name}")
             if not isinstance(err, NotFound):
@@ -416,7 +527,9 @@ class Kube:
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         try:
-            pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
+            pods = self.core.list_namespaced_pod(
+                namespace, label_selector=selector, _request_timeout=self.timeout
+            )
         except Exception as exc:
             raise _translate(exc, f"listing pods in {namespace}") from exc
         out: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(pods).get(
@@ -428,7 +541,11 @@ class Kube:
         try:
             # The raw response: some client releases mangle the decoded log text.
             response = self.core.read_namespaced_pod_log(
-                pod, namespace, container=container, _preload_content=False
+                pod,
+                namespace,
+                container=container,
+                _preload_content=False,
+                _request_timeout=self.timeout,
             )
             return bytes(response.data).decode("utf-8", "replace")
         except Exception as exc:
@@ -468,21 +585,11 @@ class Kube:
             },
         }
         try:
-            self.events.create_namespaced_event(meta["namespace"], body)
+            self.events.create_namespaced_event(
+                meta["namespace"], body, _request_timeout=self.timeout
+            )
         except Exception:  # events are best effort
             pass
-
-    def list_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        try:
-            out = self.events.list_namespaced_event(
-                namespace, field_selector=f"regarding.name={name},regarding.kind={KIND}"
-            )
-        except Exception as exc:
-            raise _translate(exc, f"listing events of {namespace}/{name}") from exc
-        items: list[dict[str, Any]] = self.api_client.sanitize_for_serialization(out).get(
-            "items", []
-        )
-        return items
 
     def close(self) -> None:
         self.api_client.close()

@@ -1,9 +1,10 @@
 """Where a job's data lives in storage: one function per kind of object.
 
     <output>/part-r-00000 ...           results (part-m-NNNNN for map-only jobs)
-    <output>/_SUCCESS                   written last, after every part
+    <output>/_RESULTS                   the result URLs, one a line (jobs with many results)
+    <output>/_SUCCESS                   written last, once the job has Succeeded
     <workdir>/plan-a<N>.json            the plan written by planning attempt N
-    <workdir>/data/<task>/a<N>/...      what attempt N of a task wrote (runs, parts, counters)
+    <workdir>/data/<task>/a<N>/...      what attempt N of a task wrote (sorted runs, parts)
     <workdir>/logs/<task>.a<N>.stderr   the stderr of attempt N of a task
 
 The workdir defaults to `<output>/_kubemr/<job uid>/` (names starting with
@@ -17,6 +18,7 @@ from kubemr.state import Task
 from kubemr.storage import join
 
 SUCCESS = "_SUCCESS"
+RESULTS = "_RESULTS"
 
 
 def default_workdir(output: str, uid: str) -> str:
@@ -48,10 +50,6 @@ def result_name(task: Task) -> str:
 
 def task_result(workdir: str, task: Task, attempt: int) -> str:
     return join(attempt_dir(workdir, task, attempt), result_name(task))
-
-
-def counters_url(workdir: str, task: Task, attempt: int) -> str:
-    return join(attempt_dir(workdir, task, attempt), "counters.json")
 
 
 def log_url(workdir: str, task: Task, attempt: int) -> str:

@@ -148,6 +148,7 @@ class LocalRun:
         self.quiet = quiet
         self.store = SqliteStore(os.path.join(run_dir, "job.db"))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.holders: dict[int, str] = {}
         self.generation = uuid.uuid4().hex[:6]
         self.spawned = 0
         self.interrupted = False
@@ -183,13 +184,19 @@ class LocalRun:
         """Where worker `slot` records its commands' process groups (see `Attempt.registry`)."""
         return os.path.join(self.run_dir, "scratch", f"w{slot}", "pgids")
 
+    def _holder(self, slot: int) -> str:
+        holder = f"w{slot}-{self.generation}-{self.spawned}"
+        self.holders[slot] = holder
+        return holder
+
     def _spawn(self, slot: int) -> None:
         self.spawned += 1
         env = dict(os.environ)
         env.update(
             {
                 "KUBEMR_STORE": "sqlite://" + os.path.join(self.run_dir, "job.db"),
-                "KUBEMR_WORKER_ID": f"w{slot}-{self.generation}-{self.spawned}",
+                "KUBEMR_WORKER_ID": self._holder(slot),
+                "KUBEMR_WORKERS": str(self.workers),
                 "KUBEMR_SCRATCH": os.path.join(self.run_dir, "scratch", f"w{slot}"),
                 "KUBEMR_WORKDIR": to_url(os.path.join(self.run_dir, "work"), self.run_dir) + "/",
                 "KUBEMR_PARENT_PID": str(os.getpid()),
@@ -232,18 +239,31 @@ class LocalRun:
             )
         return directory
 
+    def _settings(self, doc: Mapping[str, Any]) -> state.Settings:
+        spec = parse_manifest(dict(doc))
+        return state.Settings("runner", time.time(), 0, spec.max_attempts)
+
     def reclaim(self) -> None:
-        """On resume: hand back the tasks held by workers of an earlier `kubemr run`."""
+        """On resume: hand back the tasks held by workers of an earlier `kubemr run` (they
+        are gone: this run owns the run directory), without counting a failure."""
         doc = self.store.get()
-        for task, entry in state.all_tasks(doc):
-            if (
-                entry.get("s") == state.RUNNING
-                and state.phase_of(doc) == state.STAGE_PHASE[task.stage]
-            ):
-                try:
-                    self.store.patch(state.release(task, entry))
-                except KubemrError:
-                    pass
+        st = state.current_stage(doc)
+        for holder, _ in list(st.running()) if st is not None else []:
+            self._hand_back(holder, charge=False)
+
+    def _hand_back(self, holder: str, charge: bool) -> None:
+        """Hand back what worker `holder`, whose process has exited, still held, at once
+        rather than after its lease; `charge` counts it as a failed attempt of its tasks."""
+        for _ in range(10):
+            doc = self.store.get()
+            patch = state.reclaim(doc, holder, self._settings(doc), charge)
+            if patch is None:
+                return
+            try:
+                self.store.patch(patch)
+                return
+            except KubemrError:
+                continue
 
     def run(self) -> dict[str, Any]:
         """Start the workers and wait until the job ends; returns the final document."""
@@ -254,6 +274,7 @@ class LocalRun:
         }
         progress = Progress() if not self.quiet else None
         restarts_left = 3 * self.workers
+        ended_at: float | None = None
         try:
             for slot in range(self.workers):
                 self._spawn(slot)
@@ -262,16 +283,23 @@ class LocalRun:
                 if progress is not None:
                     progress.update(doc)
                 if state.phase_of(doc) in state.TERMINAL:
-                    break
+                    # A worker writes _SUCCESS just after the commit: wait for it, a while.
+                    ended_at = ended_at or time.monotonic()
+                    waited = time.monotonic() - ended_at
+                    if not state.needs_success_marker(doc) or waited > WORKER_GRACE_SECONDS:
+                        break
                 if self.interrupted:
                     raise KeyboardInterrupt
                 for slot, proc in list(self.procs.items()):
                     code = proc.poll()
-                    if code is None or code == 0:
+                    if code is None or state.phase_of(doc) in state.TERMINAL:
                         continue
                     # A worker that died (kill -9, out of memory) leaves its commands running
                     # in process groups of their own; they would run on, unseen, until done.
                     kill_registered(self._registry(slot))
+                    # Its tasks go back at once; one that exited 0 (stopped by a signal from
+                    # outside) handed them back itself, and the job still has work.
+                    self._hand_back(self.holders[slot], charge=code != 0)
                     if code == 2 or restarts_left <= 0:
                         self._fail(
                             f"worker processes keep failing (last exit code {code}); see "
@@ -298,13 +326,7 @@ class LocalRun:
         if phase in state.TERMINAL or phase is None:
             return
         try:
-            self.store.patch(
-                [
-                    {"op": "test", "path": "/status/phase", "value": phase},
-                    {"op": "replace", "path": "/status/phase", "value": state.FAILED_PHASE},
-                    {"op": "add", "path": "/status/message", "value": message},
-                ]
-            )
+            self.store.patch(state.fail_job(doc, None, message, time.time()))
         except KubemrError:
             pass
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ import pytest
 
 from kubemr import state
 from kubemr.errors import Conflict, TemporaryError
-from kubemr.store.base import Doc, Store
+from kubemr.store.base import Doc, Store, newer, version_of
 
 MakeStore = Callable[[Doc], Store]
 Reopen = Callable[[Store], Store]
@@ -213,24 +214,61 @@ class StoreContract:
 
     # the job protocol on top of it
 
+    def test_every_patch_gives_a_new_version(self, make_store: MakeStore) -> None:
+        store = make_store(sample_job())
+        first = version_of(store.get())
+        assert first is not None
+        second = version_of(store.patch([{"op": "replace", "path": "/status/n", "value": 1}]))
+        assert second is not None and newer(second, first)
+        assert version_of(store.get()) == second
+        with pytest.raises(Conflict):
+            store.patch([{"op": "test", "path": "/status/n", "value": 0}])
+        assert version_of(store.get()) == second
+
+    def test_changed_hands_out_the_next_version_as_soon_as_there_is_one(
+        self, make_store: MakeStore, reopen: Reopen
+    ) -> None:
+        store = make_store(sample_job())
+        other = reopen(store)
+        try:
+            seen = store.get()
+            assert store.changed(seen, 0.3)["status"]["n"] == 0  # none came: the latest
+            writer = threading.Timer(
+                0.3, lambda: other.patch([{"op": "replace", "path": "/status/n", "value": 5}])
+            )
+            started = time.monotonic()
+            writer.start()
+            try:
+                new = store.changed(seen, 20.0)
+            finally:
+                writer.join()
+            assert new["status"]["n"] == 5 and time.monotonic() - started < 10.0
+            assert store.latest()["status"]["n"] == 5
+        finally:
+            if other is not store:
+                other.close()
+
+    # the job protocol on top of it
+
     def test_two_workers_claiming_one_task_one_wins(
         self, make_store: MakeStore, reopen: Reopen
     ) -> None:
-        first = make_store(sample_job())
+        job = sample_job()
+        job["status"] = {"phase": "Mapping", "counters": {}, "map": state.new_stage(2)}
+        first = make_store(job)
         second = reopen(first)
         try:
-            now = 1_700_000_000.0
             doc = first.get()
-            mine = state.decide(doc, state.Settings("w1", now, 30, 3))
-            theirs = state.decide(second.get(), state.Settings("w2", now, 30, 3))
+            mine = state.decide(doc, state.Settings("w1", 0.0, 30, 3))
+            theirs = state.decide(second.get(), state.Settings("w2", 0.0, 30, 3))
             assert isinstance(mine, state.Claim) and isinstance(theirs, state.Claim)
-            assert mine.task == theirs.task
-            first.patch(mine.patch)
+            assert mine.held.tasks == theirs.held.tasks
+            won = first.patch(mine.patch)
             with pytest.raises(Conflict):
                 second.patch(theirs.patch)
-            assert state.entry_of(second.get(), mine.task) == mine.entry
-            second.patch(state.commit_task(mine.task, mine.entry, True))
-            assert state.counts(first.get(), "map") == (2, 2)
+            assert state.still_mine(second.get(), mine.held)
+            second.patch(state.renew(won, mine.held, 1, mine.held.b))
+            assert state.counts(first.get(), "map") == (1, 2)
         finally:
             if second is not first:
                 second.close()

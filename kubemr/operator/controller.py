@@ -9,6 +9,7 @@ or expires (410 Gone), so missed events cost at most one resync.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,7 +23,13 @@ from typing import Any
 from kubemr.errors import Conflict, JobNotFound, KubemrError, SpecError
 from kubemr.kube import AlreadyExists, Gone, Invalid, Kube, KubeConfig
 from kubemr.operator.desired import LABEL, OperatorSettings, names
-from kubemr.operator.reconcile import Observed, Plan, reconcile, refused
+from kubemr.operator.reconcile import (
+    DEPLOY_LEASE_SECONDS,
+    Observed,
+    Plan,
+    reconcile,
+    refused,
+)
 
 log = logging.getLogger("kubemr.operator")
 
@@ -45,6 +52,8 @@ class Controller:
         self.stopping = threading.Event()
         # Events already recorded (a watch may show the same state more than once).
         self._reported: set[tuple[str, str, str]] = set()
+        # Each job's deployer lease, and when this operator first saw it as it is.
+        self._deployers: dict[str, tuple[str, float]] = {}
 
     def run(self) -> None:
         """Reconcile until asked to stop."""
@@ -82,7 +91,23 @@ class Controller:
         name = obj["metadata"]["name"]
         batch = self.kube.get_batch_job(ns, names(name)["job"])
         pods = self.kube.list_pods(ns, f"{LABEL}={name}") if batch is not None else []
-        return Observed(batch_job=batch, pods=pods)
+        return Observed(batch_job=batch, pods=pods, deployer_stale=self._deployer_stale(obj))
+
+    def _deployer_stale(self, obj: dict[str, Any]) -> bool:
+        """Whether the job's deployer lease has stayed as it is for its duration since this
+        operator first saw it so, by this operator's own clock (never another's)."""
+        uid = str(obj["metadata"].get("uid"))
+        deployer = (obj.get("status") or {}).get("deployer")
+        if not isinstance(deployer, dict):
+            self._deployers.pop(uid, None)
+            return False
+        now = time.monotonic()
+        key = json.dumps(deployer, sort_keys=True)
+        seen = self._deployers.get(uid)
+        if seen is None or seen[0] != key:
+            self._deployers[uid] = (key, now)
+            return False
+        return now - seen[1] >= float(deployer.get("l") or DEPLOY_LEASE_SECONDS)
 
     def reconcile(self, obj: dict[str, Any]) -> None:
         ns = obj["metadata"]["namespace"]
@@ -137,9 +162,11 @@ class Controller:
             if self._first(uid, reason, note):
                 log.info("%s/%s: %s: %s", ns, name, reason, note)
                 self.kube.event(obj, reason, note, warning)
-        for task, count, error in plan.task_failures:
-            if self._first(uid, task, str(count)):
-                self.kube.event(obj, "TaskFailed", f"{task} attempt failed: {error}", warning=True)
+        for task, attempt, error in plan.task_failures:
+            if self._first(uid, task, str(attempt)):
+                self.kube.event(
+                    obj, "TaskFailed", f"{task} attempt {attempt} failed: {error}", warning=True
+                )
         if plan.delete_batch_job:
             self.kube.delete_batch_job(ns, names(name)["job"])
         if plan.delete_job:

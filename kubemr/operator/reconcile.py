@@ -6,7 +6,8 @@ job and the objects it owns and decides from scratch. Its decisions:
 - a new job (no status): validate it; take it with a JSON patch whose `test`
   is the object's resourceVersion (so of two operators only one takes it),
   setting phase Deploying; or fail it with the reason;
-- Deploying and taken by this operator (or its deploy lease expired): create
+- Deploying and taken by this operator (or its deploy lease expired, as this
+  operator's own clock measures it: see `Observed.deployer_stale`): create
   the owned objects (creation is idempotent by name), then mark Deployed;
 - any time: keep `status.progress` current (for `kubectl get`), reflect a
   worker Job that failed or pods that cannot start onto the job, and report
@@ -44,6 +45,9 @@ class Observed:
 
     batch_job: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
+    #: The job's deployer lease has not changed for its duration, by this operator's own
+    #: clock (an operator that took the job died before deploying it).
+    deployer_stale: bool = False
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Plan:
     events: list[tuple[str, str, bool]] = field(default_factory=list)  # (reason, note, warning)
     delete_batch_job: bool = False
     delete_job: bool = False
-    task_failures: list[tuple[str, int, str]] = field(default_factory=list)  # (task, n, error)
+    task_failures: list[tuple[str, int, str]] = field(default_factory=list)  # (task, try, error)
 
 
 def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
@@ -142,15 +146,9 @@ def progress_due(old: Any, new: Mapping[str, str], terminal: bool) -> bool:
 
 def _fail_patch(mrj: Mapping[str, Any], message: str, now: float) -> list[dict[str, Any]]:
     status = state.status_of(mrj)
-    phase = status.get("phase")
     cond = _condition("Failed", "True", "WorkersFailed", message, now)
-    return [
-        {"op": "test", "path": "/status/phase", "value": phase},
-        {"op": "replace", "path": "/status/phase", "value": state.FAILED_PHASE},
-        {"op": "add", "path": "/status/message", "value": message},
-        {"op": "add", "path": "/status/completionTime", "value": state.iso(now)},
-        {"op": "add", "path": "/status/conditions", "value": _with_condition(status, cond)},
-    ]
+    extra = [{"op": "add", "path": "/status/conditions", "value": _with_condition(status, cond)}]
+    return state.fail_job(mrj, None, message, now, extra=extra)
 
 
 def reconcile(
@@ -203,7 +201,7 @@ def reconcile(
                     "path": "/status",
                     "value": {
                         "phase": "Deploying",
-                        "deployer": {"h": me, "x": int(now) + DEPLOY_LEASE_SECONDS},
+                        "deployer": {"h": me, "l": DEPLOY_LEASE_SECONDS},
                         "progress": {"map": "0/0"},
                     },
                 },
@@ -215,7 +213,7 @@ def reconcile(
     if not terminal:
         deployed = _has_condition(status, "Deployed")
         deployer = status.get("deployer") or {}
-        mine = deployer.get("h") == me or float(deployer.get("x", 0)) < now
+        mine = deployer.get("h") == me or observed.deployer_stale
         if (not deployed and mine) or (deployed and observed.batch_job is None):
             spec = cluster_spec(mrj)
             plan.create = desired_objects(mrj, spec, settings)
@@ -249,12 +247,10 @@ def reconcile(
     if progress_due(status.get("progress"), current, terminal):
         plan.patches.append([{"op": "add", "path": "/status/progress", "value": current}])
 
-    for task, entry in state.all_tasks(mrj):
-        failed = entry.get("f") or entry.get("t") or entry.get("s") == state.FAILED
-        if entry.get("e") and failed:
-            count = int(entry.get("f", 0)) + int(entry.get("t", 0))
-            count += 1 if entry.get("s") == state.FAILED else 0
-            plan.task_failures.append((task.name, count, str(entry["e"])))
+    for _, error in state.errors_of(mrj):
+        plan.task_failures.append(
+            (str(error.get("t")), int(error.get("a") or 0), str(error.get("e", "")))
+        )
 
     if terminal:
         kind = "Complete" if phase == state.SUCCEEDED else "Failed"
@@ -271,11 +267,10 @@ def reconcile(
                 ]
             )
             if kind == "Complete":
-                results = status.get("results") or []
                 plan.events.append(
                     (
                         "Completed",
-                        f"{len(results)} result file(s) in {mrj['spec'].get('output')}",
+                        f"{state.result_count(mrj)} result file(s) in {mrj['spec'].get('output')}",
                         False,
                     )
                 )

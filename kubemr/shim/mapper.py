@@ -15,7 +15,6 @@ then stored under this attempt's own names.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -25,13 +24,14 @@ from kubemr import layout
 from kubemr.errors import TaskFailed
 from kubemr.partition import distribute_sorted
 from kubemr.plan import Split
+from kubemr.reporter import Counters
 from kubemr.shim.attempt import Attempt, Failure
 from kubemr.shim.process import Proc, wait_all
 from kubemr.shim.stdin import feed, local_ranges, open_whole, send_ranges
 
 
-def run_map(att: Attempt, split: Split, workdir: str) -> bool:
-    """Run one map attempt and store its outputs; returns whether it reported counters."""
+def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
+    """Run one map attempt and store its outputs; returns the counters it reported."""
     job = att.job
     env = job.task_env(att.task, att.number, {"KUBEMR_INPUT": split.input_env()})
     partitions = job.partitions
@@ -95,10 +95,7 @@ def run_map(att: Attempt, split: Split, workdir: str) -> bool:
         att.check(proc, proc.label)
     for local, url in outputs:
         job.storage(url).put_file(local, url)
-    if att.log.counters:
-        url = layout.counters_url(workdir, att.task, att.number)
-        job.storage(url).put_bytes(json.dumps(att.log.counters).encode(), url)
-    return bool(att.log.counters)
+    return att.log.counters
 
 
 def _sort_and_combine(

@@ -8,6 +8,7 @@ and only its URL and the task count go into the job document.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ def check_output_free(job: Job) -> None:
             )
 
 
-def run_plan(job: Job, doc: dict[str, Any], attempt: int) -> Planned:
+def run_plan(job: Job, doc: Mapping[str, Any], attempt: int) -> Planned:
     check_output_free(job)
     splits = plan_splits(
         job.spec.inputs, lambda url: job.storage(url).list(url), job.spec.split_size

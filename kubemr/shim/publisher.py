@@ -1,46 +1,40 @@
-"""The publishing task: put every committed result in place, then `_SUCCESS`.
+"""The publishing task: put every committed result in place, and list them if there are many.
 
 Runs once every reduce task (or, for a map-only job, every map task) has
 committed. It copies each task's committed attempt to its final name
 (`part-r-NNNNN`), which is atomic per object and harmless to repeat, so a
-publisher that dies half-way is simply replaced by another; sums the task
-counters; and writes `_SUCCESS` last. Readers that wait for `_SUCCESS` never
-see a partial or duplicate part.
+publisher that dies half-way is simply replaced by another. A job with more
+results than the job document lists gets a manifest, `_RESULTS`, one URL a
+line. `_SUCCESS` is not written here: it follows the commit that makes the
+job Succeeded (see `kubemr.state.commit_publish`), so a job that fails while
+publishing never shows it. Readers that wait for `_SUCCESS` never see a
+partial or duplicate part.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kubemr import layout, reporter
-from kubemr.errors import NotFound
+from kubemr import layout, state
 from kubemr.shim.job import Job
 from kubemr.state import Task
 
-THREADS = 8
+THREADS = 16
 
 
-def run_publish(
-    job: Job, workdir: str, stages: Mapping[str, Sequence[Mapping[str, Any]]]
-) -> tuple[list[str], reporter.Counters]:
-    """Place the results of the last of `stages` (map, reduce); sum every task's counters."""
+def run_publish(job: Job, workdir: str, doc: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    """Place the results of the job's last stage; (their URLs, the manifest if written)."""
     output = job.output
-    every = [
-        (Task(stage, i), int(e["a"]), bool(e.get("c")))
-        for stage, items in stages.items()
-        for i, e in enumerate(items)
-    ]
-    last = list(stages)[-1]
-    tasks = [t for t in every if t[0].stage == last]
-    results = [layout.output_url(output, layout.result_name(t)) for t, _, _ in tasks]
+    last = "reduce" if int(state.status_of(doc).get("partitions", 0) or 0) else "map"
+    tasks = [(Task(last, i), a) for i, a in enumerate(state.attempts_of(doc, last))]
+    results = [layout.output_url(output, layout.result_name(t)) for t, _ in tasks]
 
-    def place(item: tuple[Task, int, bool]) -> None:
-        task, attempt, _ = item
+    def place(item: tuple[Task, int]) -> None:
+        task, attempt = item
         src = layout.task_result(workdir, task, attempt)
         dst = layout.output_url(output, layout.result_name(task))
         if src.split("://", 1)[0] == dst.split("://", 1)[0]:
@@ -48,23 +42,13 @@ def run_publish(
         else:
             _cross_copy(job, src, dst)
 
-    def counters(item: tuple[Task, int, bool]) -> Mapping[str, Mapping[str, int]]:
-        task, attempt, has = item
-        if not has:
-            return {}
-        url = layout.counters_url(workdir, task, attempt)
-        try:
-            data: Mapping[str, Mapping[str, int]] = json.loads(job.storage(url).get_bytes(url))
-        except NotFound:
-            return {}
-        return data
-
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(place, tasks))
-        total = reporter.total(pool.map(counters, every))
-    success = layout.output_url(output, layout.SUCCESS)
-    job.storage(success).put_bytes(b"", success)
-    return results, total
+    if len(results) <= state.MAX_LISTED_RESULTS:
+        return results, None
+    manifest = layout.output_url(output, layout.RESULTS)
+    job.storage(manifest).put_bytes("".join(f"{url}\n" for url in results).encode(), manifest)
+    return results, manifest
 
 
 def _cross_copy(job: Job, src: str, dst: str) -> None:

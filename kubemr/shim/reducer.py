@@ -9,15 +9,14 @@ time, streaming to disk.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from kubemr import layout
+from kubemr.reporter import Counters
 from kubemr.shim.attempt import Attempt
 from kubemr.shim.process import Proc, wait_all
 from kubemr.state import Task
@@ -26,11 +25,12 @@ from kubemr.storage.base import Storage
 FETCH_THREADS = 8
 
 
-def run_urls(workdir: str, map_entries: Sequence[Mapping[str, Any]], partition: int) -> list[str]:
-    """The committed sorted run of every map task for `partition`, in map task order."""
+def run_urls(workdir: str, map_attempts: Sequence[int], partition: int) -> list[str]:
+    """The committed sorted run of every map task for `partition`, in map task order
+    (`map_attempts`: the committed attempt of each map task)."""
     return [
-        layout.map_run(workdir, Task("map", i), int(e["a"]), partition)
-        for i, e in enumerate(map_entries)
+        layout.map_run(workdir, Task("map", i), attempt, partition)
+        for i, attempt in enumerate(map_attempts)
     ]
 
 
@@ -66,14 +66,14 @@ def merge_argv(att: Attempt, runs: list[str]) -> list[str]:
     return att.sort_argv("-m", f"--files0-from={listing}")
 
 
-def run_reduce(att: Attempt, workdir: str, map_entries: Sequence[Mapping[str, Any]]) -> bool:
-    """Run one reduce attempt and store its part; returns whether it reported counters."""
+def run_reduce(att: Attempt, workdir: str, map_attempts: Sequence[int]) -> Counters:
+    """Run one reduce attempt and store its part; returns the counters it reported."""
     job = att.job
     reduce_cmd = job.commands.reduce
     assert reduce_cmd is not None
     partition = att.task.index
     env = job.task_env(att.task, att.number, {"KUBEMR_PARTITION": str(partition)})
-    runs = local_runs(att, run_urls(workdir, map_entries, partition))
+    runs = local_runs(att, run_urls(workdir, map_attempts, partition))
     local = os.path.join(att.out, layout.result_name(att.task))
     procs: list[Proc] = []
     with open(local, "wb") as out:
@@ -100,7 +100,4 @@ def run_reduce(att: Attempt, workdir: str, map_entries: Sequence[Mapping[str, An
         att.check(proc, proc.label)
     url = layout.task_result(workdir, att.task, att.number)
     job.storage(url).put_file(local, url)
-    if att.log.counters:
-        curl = layout.counters_url(workdir, att.task, att.number)
-        job.storage(curl).put_bytes(json.dumps(att.log.counters).encode(), curl)
-    return bool(att.log.counters)
+    return att.log.counters

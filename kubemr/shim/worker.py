@@ -2,10 +2,19 @@
 
 This is `kubemr shim`, the entrypoint of every worker pod and of every
 worker process of `kubemr run`. Decisions come from `kubemr.state` (pure);
-this module applies them to the store and runs the claimed task. While a
-task runs, a lease keeper renews the claim; if renewal fails (the task was
-taken over, the job ended), the task's processes are killed and nothing is
-committed. SIGTERM releases the task so another worker can start it at once.
+this module applies them to the store and runs the claimed tasks through a
+`TaskRunner` (the data path). A claim is a range of tasks run in order under
+one lease; the `LeaseKeeper` renews it in the background and commits the
+tasks finished so far with each renewal, so a worker that dies loses at most
+the tasks since its last renewal. If renewing fails (the claim was taken
+over, the job ended, the store stayed unreachable past the renew deadline),
+the running command is killed and nothing more is committed. SIGTERM hands
+back what is not finished, so another worker can start it at once.
+
+A waiting worker does not poll: it reads the next version of the job from a
+watch (`Store.changed`), and wakes early only when a lease it watches could
+expire. Every write goes through `kubemr.store.writes.Writer`, which tells a
+lost race from a lost answer from a refused patch.
 """
 
 from __future__ import annotations
@@ -19,73 +28,101 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
-from kubemr import layout, state
+from kubemr import reporter, state
 from kubemr.errors import (
-    Conflict,
     InputError,
+    JobNotFound,
     KubemrError,
+    Refused,
     SpecError,
     TemporaryError,
 )
-from kubemr.plan import Split, load_plan
 from kubemr.shim import sidecar
-from kubemr.shim.attempt import Attempt
 from kubemr.shim.config import ShimConfig
 from kubemr.shim.job import Job
-from kubemr.shim.mapper import run_map
-from kubemr.shim.planner import run_plan
 from kubemr.shim.process import Stopped, Watch
-from kubemr.shim.publisher import run_publish
-from kubemr.shim.reducer import run_reduce
+from kubemr.shim.tasks import DataPath, Result, TaskRunner
 from kubemr.store import Store, open_store
+from kubemr.store.base import Doc
+from kubemr.store.writes import Backoff, Writer
 
 log = logging.getLogger("kubemr.shim")
 
 MAX_STORE_ERRORS = 30
+#: The longest a waiting worker goes without reading the job (the watch wakes it sooner).
+MAX_WAIT_SECONDS = 30.0
+
+
+def renew_deadline(lease_seconds: float) -> float:
+    """How long a holder keeps trying to renew before it gives its claim up: well inside the
+    lease, so it stops its work before any other worker may take the claim over."""
+    return lease_seconds * 2 / 3
 
 
 class LeaseKeeper:
-    """Renews the leases of the tasks a worker holds, all in one patch, in the background;
-    sets `lost` when it can no longer prove it holds them."""
+    """Renews one claim in the background, committing with each renewal the tasks finished
+    since the last one (and their counters); sets `lost` when it can no longer prove the
+    claim is its own. Holds no lock across a request."""
 
     def __init__(
         self,
+        writer: Writer,
         store: Store,
-        held: list[tuple[state.Task, state.Entry]],
-        lease_seconds: int,
+        held: state.Held,
         status: Callable[[], str | None],
         parent_alive: Callable[[], bool],
+        claimed_at: float,
     ) -> None:
+        self.writer = writer
         self.store = store
-        self.held: dict[state.Task, state.Entry] = dict(held)
-        #: The task running now: its reporter status goes on its entry.
-        self.current: state.Task | None = held[0][0] if held else None
-        self.lease_seconds = lease_seconds
+        self.held = held
         self.status = status
         self.parent_alive = parent_alive
         self.lost = threading.Event()
         self.why: list[str] = []
-        self._stop = threading.Event()
+        #: The holder's write number as last applied, and tasks committed up to then.
+        self.w = 0
+        self.committed = held.a
+        self._finished_to = held.a
+        self._counters: dict[int, reporter.Counters] = {}
+        self._last_ok = claimed_at
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lease")
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> dict[state.Task, state.Entry]:
-        """Stop renewing; the entries as last written (what a commit must test)."""
+    def stop(self) -> None:
+        """Stop renewing (waits for a renewal in flight, which has a deadline)."""
         self._stop.set()
         self._thread.join()
-        return dict(self.held)
 
-    def settle(self, task: state.Task, apply: Callable[[state.Entry], bool]) -> bool:
-        """Stop renewing `task` and call `apply` with its entry as last written (to record its
-        failure, say), with no renewal in between to change that entry."""
+    def finished(self, index: int, counters: reporter.Counters) -> None:
+        """Task `index` finished: commit it (and the tasks before it) with the next renewal."""
         with self._lock:
-            mine = self.held.pop(task, None)
-            return mine is not None and apply(mine)
+            self._finished_to = index + 1
+            if counters:
+                self._counters[index] = counters
+
+    @property
+    def finished_to(self) -> int:
+        with self._lock:
+            return self._finished_to
+
+    def counters(self, upto: int) -> reporter.Counters:
+        """The counters of the finished, uncommitted tasks before `upto`."""
+        with self._lock:
+            parts = [c for i, c in self._counters.items() if self.committed <= i < upto]
+        return reporter.total(parts)
+
+    def _applied(self, w: int, upto: int) -> None:
+        with self._lock:
+            self.w = w
+            self.committed = max(self.committed, upto)
+            for i in [i for i in self._counters if i < upto]:
+                del self._counters[i]
 
     def lose(self, why: str) -> None:
         if not self.lost.is_set():
@@ -93,37 +130,69 @@ class LeaseKeeper:
             self.lost.set()
 
     def _run(self) -> None:
-        interval = max(self.lease_seconds / 3.0, 0.5)
-        while not self._stop.wait(interval):
+        lease = float(self.held.lease)
+        interval = max(lease / 3.0, 0.5)
+        deadline = renew_deadline(lease)
+        wake = self._last_ok + interval
+        while not self._stop.wait(max(0.0, wake - time.monotonic())):
             if not self.parent_alive():
                 self.lose("the process that started this worker is gone")
                 return
-            with self._lock:
-                held = list(self.held.items())
-                if not held:
-                    continue
-                patch, new = state.renew_all(
-                    held, time.time(), self.lease_seconds, self.status(), self.current
-                )
-                try:
-                    self.store.patch(patch)
-                    self.held = {task: entry for (task, _), entry in zip(held, new, strict=True)}
-                except Conflict:
-                    self.lose("the lease was taken over or the job ended")
+            upto = self.finished_to
+            w = self.w + 1
+            sent = time.monotonic()
+            try:
+                new = self._renew(w, upto, max(0.0, deadline - (sent - self._last_ok)))
+            except Refused as exc:
+                self.lose(str(exc))
+                return
+            except JobNotFound:
+                self.lose("the job is gone")
+                return
+            except KubemrError as exc:
+                if time.monotonic() - self._last_ok > deadline:
+                    self.lose(f"the lease could not be renewed for {deadline:.0f}s: {exc}")
                     return
-                except Exception as exc:  # any failure: keep trying until the lease runs out
-                    names = ", ".join(t.name for t, _ in held)
-                    log.warning("renewing the lease on %s failed: %s", names, exc)
-                    if time.time() > min(float(e.get("x", 0)) for _, e in held):
-                        self.lose("the lease expired while the job store was unreachable")
-                        return
+                log.warning("renewing the lease on %s failed: %s", self._names(), exc)
+                wake = time.monotonic() + 1.0
+                continue
+            if new is None:
+                self.lose("the claim was taken over or the job ended")
+                return
+            self._applied(w, upto)
+            self._last_ok = sent
+            wake = sent + interval
+
+    def _renew(self, w: int, upto: int, give_up_after: float) -> Doc | None:
+        """One renewal (write number `w`) committing tasks up to `upto`; None if lost."""
+        held = self.held
+        counters = self.counters(upto)
+        message = self.status()
+
+        def build(doc: Doc) -> state.Patch | None:
+            if not state.still_mine(doc, held):
+                return None
+            return state.renew(doc, held, w, upto, message, counters)
+
+        new, _ = self.writer.send(
+            self.store.latest(),
+            build,
+            applied=lambda doc: state.applied(doc, held, w),
+            what=f"renewal of {self._names()}",
+            give_up_after=give_up_after,
+        )
+        return new
+
+    def _names(self) -> str:
+        h = self.held
+        return h.tasks[0][0].name if h.b - h.a == 1 else f"{h.stage}-{h.a}..{h.b - 1}"
 
 
 @dataclass
 class Outcome:
-    """How one attempt ended: a commit to make, an error to record, or neither (stopped)."""
+    """How one attempt ended: a result to commit, an error to record, or neither (stopped)."""
 
-    commit: Callable[[state.Entry], state.Patch] | None = None
+    result: Result | None = None
     error: str | None = None
     permanent: bool = False
     temporary: bool = False
@@ -131,16 +200,34 @@ class Outcome:
     elapsed: float = 0.0
 
 
+@dataclass
+class Tally:
+    """What this worker did, for its last log line (and the benchmarks)."""
+
+    claims: int = 0
+    tasks: int = 0
+    takeovers: int = 0
+
+
 class Worker:
     """One worker: a loop over the job document until the job ends."""
 
-    def __init__(self, config: ShimConfig, store: Store | None = None) -> None:
+    def __init__(
+        self, config: ShimConfig, store: Store | None = None, runner: TaskRunner | None = None
+    ) -> None:
         self.config = config
-        self.store = store or open_store(config.store_url)
+        self.store = store or open_store(config.store_url, config.request_timeout)
+        self.runner: TaskRunner = runner or DataPath(config)
+        self.clock = state.LeaseClock()
+        self.writer = Writer(self.store, seen=self._seen)
         self.job: Job | None = None
         self.stopping = threading.Event()
-        self._plans: dict[str, list[Split]] = {}
+        self.tally = Tally()
         self._rng = random.Random()
+        self._claim_no = 1
+
+    def _seen(self, doc: Doc) -> None:
+        self.clock.see(doc, time.monotonic())
 
     def parent_alive(self) -> bool:
         parent = self.config.parent_pid
@@ -155,49 +242,65 @@ class Worker:
 
     def run(self) -> int:
         """Work until the job ends; returns the process exit code."""
-        idle = 0.02
         errors = 0
+        backoff = Backoff(self._rng)
+        doc: Doc | None = None
         while not self.stopping.is_set():
             if not self.parent_alive():
                 log.info("the process that started this worker is gone; stopping")
                 return 1
             try:
-                doc = self.store.get()
+                if doc is None:
+                    doc = self.store.get()
                 if self.job is None:
                     self.job = Job.from_doc(doc, self.config)
-                action = state.decide(doc, self._settings(self.job))
+                now = time.monotonic()
+                self.clock.see(doc, now)
+                action = state.decide(doc, self._settings(self.job), self.clock.expired(doc, now))
+                if isinstance(action, state.Finished):
+                    self._finish(self.job, doc, action.phase)
+                    return 0
+                if isinstance(action, state.Wait):
+                    wait = self.clock.next_expiry(doc, now)
+                    wait = MAX_WAIT_SECONDS if wait is None else min(wait + 0.05, MAX_WAIT_SECONDS)
+                    doc = self.store.changed(doc, self._idle(wait))
+                    errors = 0
+                    continue
+                doc, won = self._take(doc, action)
                 errors = 0
+                if not won:
+                    self.stopping.wait(backoff.next())
+                    continue
+                backoff.reset()
+                if isinstance(action, state.Claim):
+                    doc = self._run_claim(self.job, doc, action.held)
             except SpecError as exc:
                 log.error("%s", exc)
                 return 2
+            except JobNotFound as exc:
+                log.info("%s", exc)
+                return 0
+            except Refused as exc:
+                log.error("%s", exc)
+                self._fail_job(doc, str(exc))
+                return 1
             except KubemrError as exc:
                 errors += 1
                 if errors >= MAX_STORE_ERRORS:
                     log.error("giving up: %s", exc)
                     return 1
-                log.warning("reading the job failed (%s); retrying", exc)
+                log.warning("reading or updating the job failed (%s); retrying", exc)
                 self.stopping.wait(min(0.5 * errors, 5.0))
-                continue
-            if isinstance(action, state.Finished):
-                log.info("the job is %s", action.phase)
-                return 0
-            if isinstance(action, state.Wait):
-                self.stopping.wait(idle)
-                idle = min(idle * 2, self.config.poll_seconds)
-                continue
-            idle = 0.02
-            try:
-                self.store.patch(action.patch)
-            except Conflict:
-                continue
-            except KubemrError as exc:
-                log.warning("updating the job failed (%s); retrying", exc)
-                continue
-            if isinstance(action, state.Advance):
-                log.info("%s", action.why)
-                continue
-            self._run_claim(self.job, doc, action)
+                doc = None
         return 0
+
+    def _idle(self, wait: float) -> float:
+        """How long to wait for the job to change, at most: a local store is read often."""
+        return min(wait, self.config.poll_seconds * 10) if self.store_is_local else wait
+
+    @property
+    def store_is_local(self) -> bool:
+        return self.config.store_url.startswith("sqlite:")
 
     def _settings(self, job: Job) -> state.Settings:
         return state.Settings(
@@ -205,100 +308,238 @@ class Worker:
             now=time.time(),
             lease_seconds=self.config.lease_seconds,
             max_attempts=job.spec.max_attempts,
-            pick=self._rng.randrange(1 << 30),
+            claim_no=self._claim_no,
             batch=self.config.batch,
-            workers=job.spec.replicas,
+            workers=self.config.workers or job.spec.replicas,
         )
 
-    def _run_claim(self, job: Job, doc: dict[str, Any], claim: state.Claim) -> None:
-        """Run the tasks of one claim in turn under one lease; commit those that succeed
-        together, record each failure as it happens, hand back the rest if asked to stop."""
-        current: list[Attempt] = []
+    def _take(self, doc: Doc, action: state.Claim | state.Advance) -> tuple[Doc, bool]:
+        """Send a claim or an advance once; (the latest document, whether it won)."""
+        patch = action.patch
+        if isinstance(action, state.Claim):
+            held = action.held
 
-        def status() -> str | None:
-            return current[-1].log.status if current else None
+            def applied(d: Doc) -> bool:
+                return state.still_mine(d, held) or state.applied(d, held, 0)
 
+        else:
+            phase = state.phase_of(doc)
+
+            def applied(d: Doc) -> bool:
+                return state.phase_of(d) != phase
+
+        new, latest = self.writer.send(
+            doc, lambda d: patch, applied=applied, what="claim", retry_races=False
+        )
+        if new is None:
+            return latest, False
+        if isinstance(action, state.Advance):
+            log.info("%s", action.why)
+            return new, True
+        self._claim_no += 1
+        self.tally.claims += 1
+        for holder in action.took_over:
+            self.tally.takeovers += 1
+            log.warning("took over the claim of %s: its lease expired", holder)
+        return new, True
+
+    def _finish(self, job: Job, doc: Doc, phase: str) -> None:
+        """The job is over; if it Succeeded and `_SUCCESS` is not written yet, write it."""
+        log.info("the job is %s", phase)
+        if state.needs_success_marker(doc):
+            self._mark_success(job, doc)
+
+    def _mark_success(self, job: Job, doc: Doc) -> None:
+        self.runner.succeeded(job, doc)
+        self.writer.send(
+            doc,
+            lambda d: state.success_written() if state.needs_success_marker(d) else None,
+            what="success marker",
+        )
+        self.runner.clean_up(job, doc)
+
+    def _fail_job(self, doc: Doc | None, why: str) -> None:
+        """End the job with `why` (a patch was refused): better a clear failure than a hang."""
+        if doc is None or state.phase_of(doc) in state.TERMINAL or state.phase_of(doc) is None:
+            return
+        task = state.Task(state.PHASE_STAGE.get(state.phase_of(doc) or "", "plan"))
+        try:
+            self.writer.send(doc, lambda d: state.fail_job(d, task, why, time.time()), what="fail")
+        except KubemrError as exc:
+            log.error("could not fail the job: %s", exc)
+
+    # -- running a claim ---------------------------------------------------------------
+
+    def _run_claim(self, job: Job, doc: Doc, held: state.Held) -> Doc:
+        """Run the tasks of one claim in order under one lease; commit them as they finish
+        (with the renewals, and the rest at the end), record a failure as it happens (which
+        ends the claim), hand back what is left if asked to stop. Returns the latest document."""
         keeper = LeaseKeeper(
-            self.store, claim.held, self.config.lease_seconds, status, self.parent_alive
+            self.writer, self.store, held, self.runner.status, self.parent_alive, time.monotonic()
         )
         keeper.start()
-        if claim.more:
-            names = ", ".join(task.name for task, _ in claim.held)
-            log.info("claimed %s under one lease", names)
-        done: list[tuple[state.Task, int, Outcome]] = []
-        stopped: list[tuple[state.Task, int, str]] = []
-        for task, entry in claim.held:
-            attempt_no = int(entry["a"])
+        if held.b - held.a > 1:
+            log.info(
+                "claimed %s-%d..%d (%d tasks)", held.stage, held.a, held.b - 1, held.b - held.a
+            )
+        failed: tuple[int, Outcome] | None = None
+        stopped: str | None = None
+        for task, attempt in held.tasks:
             if keeper.lost.is_set() or self.stopping.is_set():
                 break
-            keeper.current = task
-            out = self._attempt(job, doc, task, attempt_no, keeper, current)
-            if out.commit is not None:
-                done.append((task, attempt_no, out))
+            out = self._attempt(job, doc, task, attempt, keeper)
+            if out.result is not None:
+                if task.stage == "plan" or task.stage == "publish":
+                    keeper.stop()
+                    return self._commit_single(job, doc, held, keeper, out)
+                keeper.finished(task.index, out.result.counters)
+                self.tally.tasks += 1
+                log.info("%s attempt %d finished in %.2fs", task.name, attempt, out.elapsed)
             elif out.error is not None:
-                if self._record_failure(job, keeper, task, attempt_no, out):
-                    break  # that failure ended the job
-            else:
-                stopped.append((task, attempt_no, out.stopped or "stopped"))
+                failed = (task.index, out)
                 break
-        held = keeper.stop()
+            else:
+                stopped = out.stopped or "stopped"
+                break
+        keeper.stop()
+        names = keeper._names()
         if keeper.lost.is_set():
             why = "; ".join(keeper.why) or "the lease was lost"
-            for task, entry in held.items():
-                log.warning("%s attempt %d abandoned: %s", task.name, int(entry["a"]), why)
-            return
-        if done:
-            patch = [op for task, _, out in done if out.commit for op in out.commit(held[task])]
-            names = ", ".join(task.name for task, _, _ in done)
-            if self._apply(patch, done[0][0], "commit", names):
-                for task, attempt_no, out in done:
-                    log.info("%s attempt %d committed in %.2fs", task.name, attempt_no, out.elapsed)
-                if done[0][0].stage == "publish":
-                    self._cleanup(job)
-        for task, attempt_no, why in stopped:
-            log.warning("%s attempt %d abandoned: %s", task.name, attempt_no, why)
-        finished = {task for task, _, _ in done}
-        rest = [(task, entry) for task, entry in held.items() if task not in finished]
-        if rest and self.stopping.is_set():
-            patch = [op for task, entry in rest for op in state.release(task, entry)]
-            self._apply(patch, rest[0][0], "release", ", ".join(t.name for t, _ in rest))
+            log.warning(
+                "%s abandoned after %d committed: %s", names, keeper.committed - held.a, why
+            )
+            return self.store.latest()
+        w = keeper.w + 1
+        upto = keeper.finished_to
+        counters = keeper.counters(upto)
+        if failed is not None:
+            return self._record_failure(job, held, keeper, failed[0], failed[1])
+        if upto < held.b:
+            if stopped:
+                log.warning("%s: stopped at %s-%d: %s", names, held.stage, upto, stopped)
+            return self._write(
+                lambda d: state.release(d, held, w, upto, counters),
+                held,
+                w,
+                "release",
+            )
+        doc = self._write(
+            lambda d: state.renew(d, held, w, upto, None, counters),
+            held,
+            w,
+            "commit",
+            final=True,
+        )
+        if state.all_committed(doc, held):
+            log.info("%s committed (%d task(s))", names, held.b - held.a)
+        return doc
+
+    def _write(
+        self,
+        build: Callable[[Doc], state.Patch],
+        held: state.Held,
+        w: int,
+        what: str,
+        final: bool = False,
+    ) -> Doc:
+        """A holder's write after its keeper stopped: sent while the claim is still its own."""
+
+        def guarded(doc: Doc) -> state.Patch | None:
+            return build(doc) if state.still_mine(doc, held) else None
+
+        def applied(doc: Doc) -> bool:
+            return state.applied(doc, held, w) or (final and state.all_committed(doc, held))
+
+        new, latest = self.writer.send(self.store.latest(), guarded, applied, what=what)
+        if new is None:
+            log.warning(
+                "the %s of %s lost: the claim was taken over or the job ended", what, held.stage
+            )
+        return latest
 
     def _record_failure(
-        self, job: Job, keeper: LeaseKeeper, task: state.Task, attempt_no: int, out: Outcome
-    ) -> bool:
-        """Record a failed attempt; True if that failed the job (its attempts are used up)."""
+        self, job: Job, held: state.Held, keeper: LeaseKeeper, index: int, out: Outcome
+    ) -> Doc:
         assert out.error is not None
+        task = state.Task(held.stage, index)
         log.warning(
-            "%s attempt %d failed after %.1fs: %s", task.name, attempt_no, out.elapsed, out.error
+            "%s attempt %d failed after %.1fs: %s",
+            task.name,
+            held.attempt(index),
+            out.elapsed,
+            out.error,
         )
+        w = keeper.w + 1
+        counters = keeper.counters(index)
         error = out.error
 
-        ended: list[bool] = []
-
-        def apply(mine: state.Entry) -> bool:
-            patch = state.fail_attempt(
-                task, mine, error, job.spec.max_attempts, time.time(), out.permanent, out.temporary
+        def build(doc: Doc) -> state.Patch:
+            patch, _ = state.fail_attempt(
+                doc,
+                held,
+                w,
+                index,
+                index,
+                error,
+                job.spec.max_attempts,
+                time.time(),
+                counters,
+                out.permanent,
+                out.temporary,
             )
-            ended.append(any(op["path"] == "/status/phase" for op in patch[1:]))
-            return self._apply(patch, task, "failure")
+            return patch
 
-        return keeper.settle(task, apply) and any(ended)
+        return self._write(build, held, w, "failure")
+
+    def _commit_single(
+        self, job: Job, doc: Doc, held: state.Held, keeper: LeaseKeeper, out: Outcome
+    ) -> Doc:
+        """Commit planning or publishing, which ends its stage by moving the phase on."""
+        assert out.result is not None
+        if keeper.lost.is_set():
+            log.warning("%s abandoned: %s", held.stage, "; ".join(keeper.why))
+            return self.store.latest()
+        w = keeper.w + 1
+        result = out.result
+        if held.stage == "plan":
+            planned = result.planned
+            assert planned is not None
+            patch = state.commit_plan(
+                held, w, planned.tasks, planned.plan_url, planned.workdir, planned.partitions
+            )
+
+            def applied(d: Doc) -> bool:
+                return state.status_of(d).get("planUrl") == planned.plan_url
+
+        else:
+            patch = state.commit_publish(held, w, result.results, result.results_url, time.time())
+
+            def applied(d: Doc) -> bool:
+                return state.phase_of(d) == state.SUCCEEDED
+
+        new, latest = self.writer.send(
+            self.store.latest(),
+            lambda d: patch if state.still_mine(d, held) else None,
+            applied,
+            what=f"commit of {held.stage}",
+        )
+        if new is None:
+            log.warning(
+                "the commit of %s lost: the claim was taken over or the job ended", held.stage
+            )
+            return latest
+        log.info("%s attempt %d committed in %.2fs", held.stage, held.attempts[0], out.elapsed)
+        if held.stage == "publish":
+            self._mark_success(job, new)
+        return new
 
     def _attempt(
-        self,
-        job: Job,
-        doc: dict[str, Any],
-        task: state.Task,
-        attempt_no: int,
-        keeper: LeaseKeeper,
-        current: list[Attempt],
+        self, job: Job, doc: Doc, task: state.Task, attempt_no: int, keeper: LeaseKeeper
     ) -> Outcome:
         """Run one attempt of `task` to its end, whatever the end."""
         log.info("%s attempt %d started", task.name, attempt_no)
-        root = os.path.join(self.config.scratch, f"{task.name}.a{attempt_no}")
         cancel_why: list[str] = []
         cancel = threading.Event()
-        att: Attempt | None = None
         started = time.monotonic()
         watcher = threading.Thread(
             target=self._watch_cancel, args=(keeper, cancel, cancel_why), daemon=True
@@ -306,32 +547,30 @@ class Worker:
         watcher.start()
         timeout = float(job.spec.task_timeout) if task.stage in ("map", "reduce") else 24 * 3600.0
         out = Outcome()
+        what = ""
         try:
-            att = Attempt(job, task, attempt_no, root, Watch(timeout, cancel, cancel_why))
-            current.append(att)
-            out.commit = self._execute(job, doc, att)
+            what = self.runner.describe(job, doc, task)
+            out.result = self.runner.run(
+                job, doc, task, attempt_no, Watch(timeout, cancel, cancel_why)
+            )
         except Stopped as exc:
             if exc.timeout:
-                out.error = f"{self._what(job, doc, task)}{exc.reason}"
+                out.error = f"{what}{exc.reason}"
             else:
                 cancel_why.append(exc.reason)
         except (InputError, SpecError) as exc:
-            out.error, out.permanent = f"{self._what(job, doc, task)}{exc}", True
+            out.error, out.permanent = f"{what}{exc}", True
         except TemporaryError as exc:
-            out.error, out.temporary = f"{self._what(job, doc, task)}{exc}", True
+            out.error, out.temporary = f"{what}{exc}", True
         except KubemrError as exc:  # a command failed (TaskFailed), storage, anything else
-            out.error = f"{self._what(job, doc, task)}{exc}"
+            out.error = f"{what}{exc}"
         except OSError as exc:
-            out.error = f"{self._what(job, doc, task)}{exc.strerror or exc}"
+            out.error = f"{what}{exc.strerror or exc}"
         finally:
             cancel.set()
             watcher.join()
-        if att is not None:
-            att.log.close()
-            self._upload_log(job, doc, att)
-            att.cleanup()
         out.elapsed = time.monotonic() - started
-        if out.commit is None and out.error is None:
+        if out.result is None and out.error is None:
             out.stopped = "; ".join(keeper.why or cancel_why) or "stopped"
         return out
 
@@ -345,86 +584,6 @@ class Worker:
                 why.append("the worker was asked to stop")
                 cancel.set()
                 return
-
-    def _apply(
-        self, patch: state.Patch, task: state.Task, what: str, names: str | None = None
-    ) -> bool:
-        names = names or task.name
-        for attempt in range(10):
-            try:
-                self.store.patch(patch)
-                return True
-            except Conflict:
-                log.warning("%s of %s lost: the task was taken over or the job ended", what, names)
-                return False
-            except KubemrError as exc:
-                log.warning("%s of %s failed (%s); retrying", what, names, exc)
-                time.sleep(min(0.2 * (attempt + 1), 2.0))
-        return False
-
-    def _execute(
-        self, job: Job, doc: dict[str, Any], att: Attempt
-    ) -> Callable[[state.Entry], state.Patch]:
-        task = att.task
-        if task.stage == "plan":
-            planned = run_plan(job, doc, att.number)
-            return lambda mine: state.commit_plan(
-                mine, planned.tasks, planned.plan_url, planned.workdir, planned.partitions
-            )
-        workdir = job.workdir(doc)
-        if task.stage == "map":
-            split = self._splits(job, doc)[task.index]
-            has = run_map(att, split, workdir)
-            return lambda mine: state.commit_task(task, mine, has)
-        if task.stage == "reduce":
-            has = run_reduce(att, workdir, state.entries(doc, "map"))
-            return lambda mine: state.commit_task(task, mine, has)
-        stages = {"map": state.entries(doc, "map")}
-        if int(state.status_of(doc).get("partitions", 0)):
-            stages["reduce"] = state.entries(doc, "reduce")
-        results, counters = run_publish(job, workdir, stages)
-        return lambda mine: state.commit_publish(mine, results, counters, time.time())
-
-    def _splits(self, job: Job, doc: dict[str, Any]) -> list[Split]:
-        url = str(state.status_of(doc)["planUrl"])
-        if url not in self._plans:
-            splits, _ = load_plan(job.storage(url).get_bytes(url))
-            self._plans[url] = splits
-        return self._plans[url]
-
-    def _what(self, job: Job, doc: dict[str, Any], task: state.Task) -> str:
-        """What a task worked on, to start its error message: the input of a map task."""
-        if task.stage == "map":
-            try:
-                return f"input {self._splits(job, doc)[task.index].describe()}: "
-            except (KubemrError, IndexError, KeyError):
-                return ""
-        if task.stage == "reduce":
-            return f"partition {task.index}: "
-        return ""
-
-    def _upload_log(self, job: Job, doc: dict[str, Any], att: Attempt) -> None:
-        path = att.log.path
-        try:
-            if os.path.getsize(path) == 0:
-                return
-        except OSError:
-            return
-        try:
-            url = layout.log_url(job.workdir(doc), att.task, att.number)
-            job.storage(url).put_file(path, url)
-        except KubemrError as exc:
-            log.warning("could not store the stderr of %s: %s", att.task.name, exc)
-
-    def _cleanup(self, job: Job) -> None:
-        if job.spec.keep_intermediate:
-            return
-        try:
-            doc = self.store.get()
-            root = layout.data_root(job.workdir(doc))
-            job.storage(root).delete_prefix(root)
-        except KubemrError as exc:
-            log.warning("could not remove intermediate data: %s", exc)
 
 
 def main(config: ShimConfig) -> int:
@@ -444,6 +603,13 @@ def main(config: ShimConfig) -> int:
     code = 1
     try:
         code = worker.run()
+        log.info(
+            "done: %d claim(s), %d task(s), %d takeover(s), %d lost race(s)",
+            worker.tally.claims,
+            worker.tally.tasks,
+            worker.tally.takeovers,
+            worker.writer.conflicts,
+        )
         return code
     finally:
         worker.store.close()

@@ -3,7 +3,10 @@
 `kubemr run` keeps the document in `<run dir>/job.db`; every worker process
 opens it and applies JSON patches inside one `BEGIN IMMEDIATE` transaction,
 so patches from many processes are serialised and each one applies whole or
-not at all, as on kube-apiserver. A failed `test` raises `Conflict`.
+not at all, as on kube-apiserver. A failed `test` raises `Conflict`. Each
+patch raises `metadata.resourceVersion` by one, and `changed` notices another
+process's write from SQLite's `data_version`, which costs no read of the
+document.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
-from kubemr.errors import Conflict, JobNotFound, StoreError
-from kubemr.store.base import Doc, Store
+from kubemr.errors import Conflict, JobNotFound, Refused, StoreError
+from kubemr.store.base import Doc, Store, newer, version_of
+
+#: How often `changed` looks for another process's write.
+POLL_SECONDS = 0.005
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS job (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL)"
@@ -75,6 +81,7 @@ class SqliteStore(Store):
     def __init__(self, path: str, timeout: float = 60.0) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._writes = 0
         try:
             # One connection shared by the worker's threads (the lease keeper renews from its
             # own thread), used under a lock.
@@ -91,6 +98,7 @@ class SqliteStore(Store):
     def create(cls, path: str, doc: Doc) -> SqliteStore:
         """Create the database with its one document; refuses if it already holds one."""
         store = cls(path)
+        doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "resourceVersion": "1"}}
         try:
             store._db.execute("INSERT INTO job (id, doc) VALUES (1, ?)", (json.dumps(doc),))
         except sqlite3.IntegrityError as exc:
@@ -139,13 +147,41 @@ class SqliteStore(Store):
                 raise Conflict(f"the job changed under us: {exc}") from exc
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
                 raise Conflict(f"the patch does not apply to the current job: {exc}") from exc
+            if not isinstance(new.get("metadata"), dict):
+                raise Refused("the patch would leave the job without metadata.")
+            version = str(new["metadata"].get("resourceVersion", "0"))
+            new["metadata"]["resourceVersion"] = str(int(version) + 1 if version.isdigit() else 1)
             self._db.execute("UPDATE job SET doc = ? WHERE id = 1", (json.dumps(new),))
             self._db.execute("COMMIT")
+            self._writes += 1  # data_version does not count this connection's own commits
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         result: Doc = new
         return result
+
+    def changed(self, since: Doc | None, timeout: float) -> Doc:
+        deadline = time.monotonic() + timeout
+        seen: tuple[int, int] | None = None
+        while True:
+            now = (self._data_version(), self._writes)
+            if now != seen:
+                seen = now
+                doc = self.get()
+                if newer(version_of(doc), version_of(since)):
+                    return doc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return doc
+            time.sleep(min(POLL_SECONDS, left))
+
+    def _data_version(self) -> int:
+        """SQLite's count of commits by other connections: cheap, and no document read."""
+        with self._lock:
+            try:
+                return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the job database {self.path}: {exc}.") from exc
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database file, so the file alone holds the job.

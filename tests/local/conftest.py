@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kubemr import state
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -92,6 +94,21 @@ def read_doc(run_dir: Path) -> dict[str, Any]:
         db.close()
     doc: dict[str, Any] = json.loads(row[0])
     return doc
+
+
+def tasks(doc: dict[str, Any], stage: str = "map") -> list[dict[str, Any]]:
+    """Every task of a stage as {"s": "d" (committed), "r" (held by a worker) or "p"
+    (waiting), "a": its latest attempt, "h": its holder, "f": its failures so far}."""
+    st = state.stage_of(doc, stage)
+    if st is None:
+        return []
+    committed = st.committed()
+    out = []
+    for i in range(st.n):
+        holder = st.holder_of(i)
+        kind = "d" if i in committed else ("r" if holder else "p")
+        out.append({"s": kind, "a": st.attempt_of(i), "h": holder, "f": st.fails.get(i)})
+    return out
 
 
 def results(output: Path) -> bytes:

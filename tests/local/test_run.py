@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Kubemr, read_doc, results, sh, unique_seconds
+from conftest import REPO, Kubemr, read_doc, results, sh, tasks, unique_seconds
 
 WORDCOUNT = REPO / "examples" / "bash-wordcount"
 MAP_SH = (WORDCOUNT / "map.sh").read_text()
@@ -213,7 +213,7 @@ def test_failing_command_fails_job_with_reason(kubemr: Kubemr) -> None:
     assert "in.txt" in proc.stderr  # names the input
     doc = read_doc(kubemr.run_dir("boom"))
     assert doc["status"]["phase"] == "Failed"
-    assert doc["status"]["map"][0]["a"] == 2
+    assert tasks(doc)[0]["a"] == 2
     logs = kubemr("logs", "boom", "--task", "map-0")
     assert logs.returncode == 0 and "disk on fire" in logs.stdout
     first = kubemr("logs", "boom", "--task", "map-0", "--attempt", "1")

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from kubemr import state
 from kubemr.errors import Conflict
 from kubemr.kube import TRACE_ENV, TRACE_PREFIX, Kube, RequestTrace, describe_patch
-from kubemr.state import Settings, Task
+from kubemr.state import Settings
 
 REFUSED = b'{"kind":"Status","message":"the server rejected our request","code":422}'
 
@@ -57,6 +57,7 @@ def kube_with(custom: FakeCustom, trace: RequestTrace | None) -> Kube:
     kube = Kube.__new__(Kube)  # no kubeconfig: only the MapReduceJob calls are used
     kube.custom = custom
     kube.trace = trace
+    kube.timeout = 5.0
     return kube
 
 
@@ -69,28 +70,26 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
 def doc() -> dict[str, Any]:
     return {
         "metadata": {"name": "j", "namespace": "ns"},
-        "status": {"phase": "Mapping", "map": [{"s": "p", "a": 0}, {"s": "p", "a": 0}]},
+        "status": {"phase": "Mapping", "counters": {}, "map": state.new_stage(8)},
     }
 
 
-def test_describe_patch_names_the_tasks_and_phases_a_patch_changes() -> None:
-    s = Settings(holder="w1", now=1000.0, lease_seconds=30, max_attempts=3)
+def test_describe_patch_names_the_claims_commits_and_phases_a_patch_makes() -> None:
+    s = Settings(holder="w1", now=1000.0, lease_seconds=30, max_attempts=3, batch=2)
     claim = state.decide(doc(), s)
     assert isinstance(claim, state.Claim)
-    assert describe_patch(claim.patch) == f"map-{claim.task.index}=r"
-    commit = state.commit_task(claim.task, claim.entry, has_counters=False)
-    assert describe_patch(commit) == f"map-{claim.task.index}=d"
-    plan = state.commit_plan({"s": "r", "a": 1}, 3, "s3://b/plan", "s3://b/w/", 0)
-    assert describe_patch(plan) == "plan=d,phase=Mapping"
-    renew, _ = state.renew(Task("map", 1), claim.entry, 1010.0, 30, None)
-    assert describe_patch(renew) == "map-1=r"
+    assert describe_patch(claim.patch) == "claim=map:0-1"
+    assert describe_patch(state.renew(doc(), claim.held, 1, 2)) == "commit=map:2"
+    planner = state.Held("plan", "w1", 1, 0, 1, 30, (1,))
+    plan = state.commit_plan(planner, 1, 3, "s3://b/plan", "s3://b/w/", 0)
+    assert describe_patch(plan) == "phase=Mapping"
     assert describe_patch([{"op": "add", "path": "/status/progress", "value": {}}]) == "-"
 
 
 def test_reads_and_patches_are_traced_with_status_and_sizes(tmp_path: Path) -> None:
     path = tmp_path / "trace"
     custom = FakeCustom(doc())
-    ops = [{"op": "replace", "path": "/status/map/0", "value": {"s": "r", "a": 1}}]
+    ops = [{"op": "replace", "path": "/status/map/held/w1/d", "value": 3}]
     with open(path, "a", encoding="utf-8") as stream:
         kube = kube_with(custom, RequestTrace(stream))
         assert kube.get_job("ns", "j") == doc()
@@ -101,7 +100,7 @@ def test_reads_and_patches_are_traced_with_status_and_sizes(tmp_path: Path) -> N
     assert get["v"] == "GET" and get["code"] == 200 and get["in"] == size and get["out"] == 0
     assert "what" not in get and get["ms"] >= 0 and get["t"] > 1e9
     assert patch["v"] == "PATCH" and patch["code"] == 200 and patch["in"] == size
-    assert patch["out"] == len(json.dumps(ops)) and patch["what"] == "map-0=r"
+    assert patch["out"] == len(json.dumps(ops)) and patch["what"] == "commit=map:3"
 
 
 def test_a_lost_race_is_traced_as_422_and_raised_as_conflict(tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ def test_names_follow_the_documented_layout() -> None:
     assert layout.map_run(WORK, m3, 2, 4) == WORK + "data/map-3/a2/part-00004"
     assert layout.task_result(WORK, r1, 5) == WORK + "data/reduce-1/a5/part-r-00001"
     assert layout.task_result(WORK, m3, 1) == WORK + "data/map-3/a1/part-m-00003"
-    assert layout.counters_url(WORK, r1, 5) == WORK + "data/reduce-1/a5/counters.json"
     assert layout.log_url(WORK, m3, 2) == WORK + "logs/map-3.a2.stderr"
     assert layout.output_url(OUT, "part-r-00001") == OUT + "part-r-00001"
     assert layout.output_url(OUT, layout.SUCCESS) == OUT + "_SUCCESS"
@@ -49,10 +48,9 @@ def test_every_attempt_writes_under_its_own_names() -> None:
             owned = {
                 layout.map_run(WORK, task, attempt, 0),
                 layout.task_result(WORK, task, attempt),
-                layout.counters_url(WORK, task, attempt),
                 layout.log_url(WORK, task, attempt),
             }
-            assert len(owned) == 4 and not owned & names
+            assert len(owned) == 3 and not owned & names
             names |= owned
 
 

@@ -5,18 +5,28 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from kubemr import state
+from kubemr.intervals import IndexSet
 from kubemr.progress import Progress, describe
 
 
+def stage(states: list[str]) -> dict[str, Any]:
+    """A stage whose task i is done ("d"), running ("r", held by w1) or waiting ("p")."""
+    out = state.new_stage(
+        len(states), IndexSet.parse(",".join(str(i) for i, s in enumerate(states) if s == "p"))
+    )
+    out["done"] = str(IndexSet((i, i + 1) for i, s in enumerate(states) if s == "d"))
+    for i, s in enumerate(states):
+        if s == "r":
+            out["held"][f"w{i}"] = {"n": 1, "w": 0, "a": i, "b": i + 1, "d": i, "l": 30}
+    return out
+
+
 def doc(phase: str, maps: list[str], reduces: list[str], partitions: int = 2) -> dict[str, Any]:
-    return {
-        "status": {
-            "phase": phase,
-            "partitions": partitions,
-            "map": [{"s": s, "a": 1} for s in maps],
-            "reduce": [{"s": s, "a": 1} for s in reduces],
-        }
-    }
+    status: dict[str, Any] = {"phase": phase, "partitions": partitions, "map": stage(maps)}
+    if reduces:
+        status["reduce"] = stage(reduces)
+    return {"status": status}
 
 
 def test_describe_counts_done_tasks() -> None:

@@ -1,0 +1,149 @@
+"""What a worker runs for a task it holds: the data path behind the protocol.
+
+The worker (`kubemr.shim.worker`) decides, claims, renews and commits; for
+every task it holds it calls a `TaskRunner`. `DataPath` is the real one:
+planning lists the inputs and stores the plan, a map attempt streams its
+split through the map command into sorted runs, a reduce attempt merges
+every committed map attempt's run for its partition into the reduce command,
+and publishing puts the results in place; each attempt in a scratch
+directory of its own, its stderr stored beside the data. The coordination
+benchmark runs real workers with a runner that moves no data, at this
+interface and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubemr import layout, state
+from kubemr.errors import KubemrError
+from kubemr.plan import Split, load_plan
+from kubemr.reporter import Counters
+from kubemr.shim.attempt import Attempt
+from kubemr.shim.config import ShimConfig
+from kubemr.shim.job import Job
+from kubemr.shim.mapper import run_map
+from kubemr.shim.planner import Planned, run_plan
+from kubemr.shim.process import Watch
+from kubemr.shim.publisher import run_publish
+from kubemr.shim.reducer import run_reduce
+from kubemr.state import Task
+
+log = logging.getLogger("kubemr.shim")
+
+Doc = Mapping[str, Any]
+
+
+@dataclass
+class Result:
+    """What a finished attempt hands to its commit."""
+
+    counters: Counters = field(default_factory=dict)
+    #: Planning: the plan to commit.
+    planned: Planned | None = None
+    #: Publishing: the result URLs, and the manifest listing them when there are many.
+    results: list[str] = field(default_factory=list)
+    results_url: str | None = None
+
+
+class TaskRunner(Protocol):
+    """Runs one attempt of one task; raises KubemrError (or Stopped) if it does not finish."""
+
+    def run(self, job: Job, doc: Doc, task: Task, attempt: int, watch: Watch) -> Result: ...
+
+    def status(self) -> str | None:
+        """The reporter status of the attempt running now, if it reported one."""
+
+    def describe(self, job: Job, doc: Doc, task: Task) -> str:
+        """What the task works on, to start its error messages (`input s3://...: `)."""
+
+    def succeeded(self, job: Job, doc: Doc) -> None:
+        """The job has Succeeded: write `_SUCCESS` (idempotent; may run on any worker)."""
+
+    def clean_up(self, job: Job, doc: Doc) -> None:
+        """The job has Succeeded and `_SUCCESS` is written: remove intermediate data."""
+
+
+class DataPath:
+    """The real runner: commands, sorting and storage."""
+
+    def __init__(self, config: ShimConfig) -> None:
+        self.config = config
+        self._plans: dict[str, list[Split]] = {}
+        self._current: Attempt | None = None
+
+    def status(self) -> str | None:
+        current = self._current
+        return current.log.status if current is not None else None
+
+    def run(self, job: Job, doc: Doc, task: Task, attempt: int, watch: Watch) -> Result:
+        root = os.path.join(self.config.scratch, f"{task.name}.a{attempt}")
+        att = Attempt(job, task, attempt, root, watch)
+        self._current = att
+        try:
+            return self._execute(job, doc, att)
+        finally:
+            self._current = None
+            att.log.close()
+            self._upload_log(job, doc, att)
+            att.cleanup()
+
+    def _execute(self, job: Job, doc: Doc, att: Attempt) -> Result:
+        task = att.task
+        if task.stage == "plan":
+            return Result(planned=run_plan(job, doc, att.number))
+        workdir = job.workdir(doc)
+        if task.stage == "map":
+            split = self.splits(job, doc)[task.index]
+            return Result(counters=run_map(att, split, workdir))
+        if task.stage == "reduce":
+            return Result(counters=run_reduce(att, workdir, state.attempts_of(doc, "map")))
+        results, manifest = run_publish(job, workdir, doc)
+        return Result(results=results, results_url=manifest)
+
+    def splits(self, job: Job, doc: Doc) -> list[Split]:
+        url = str(state.status_of(doc)["planUrl"])
+        if url not in self._plans:
+            splits, _ = load_plan(job.storage(url).get_bytes(url))
+            self._plans[url] = splits
+        return self._plans[url]
+
+    def describe(self, job: Job, doc: Doc, task: Task) -> str:
+        if task.stage == "map":
+            try:
+                return f"input {self.splits(job, doc)[task.index].describe()}: "
+            except (KubemrError, IndexError, KeyError):
+                return ""
+        if task.stage == "reduce":
+            return f"partition {task.index}: "
+        return ""
+
+    def succeeded(self, job: Job, doc: Doc) -> None:
+        url = layout.output_url(job.output, layout.SUCCESS)
+        job.storage(url).put_bytes(b"", url)
+
+    def clean_up(self, job: Job, doc: Doc) -> None:
+        if job.spec.keep_intermediate:
+            return
+        try:
+            root = layout.data_root(job.workdir(doc))
+            job.storage(root).delete_prefix(root)
+        except KubemrError as exc:
+            log.warning("could not remove intermediate data: %s", exc)
+
+    def _upload_log(self, job: Job, doc: Doc, att: Attempt) -> None:
+        path = att.log.path
+        try:
+            if os.path.getsize(path) == 0:
+                return
+        except OSError:
+            return
+        try:
+            url = layout.log_url(job.workdir(doc), att.task, att.number)
+            job.storage(url).put_file(path, url)
+        except KubemrError as exc:
+            log.warning("could not store the stderr of %s: %s", att.task.name, exc)
