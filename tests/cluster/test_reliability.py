@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 from devcluster_support import Cluster, wait_until
-
-from kubemr import state
 from test_operator import (  # noqa: F401 (fixtures)
     ROOT,
     cluster_manifest,
@@ -34,6 +32,8 @@ from test_operator import (  # noqa: F401 (fixtures)
     s3_objects,
     wait_phase,
 )
+
+from kubemr import state
 
 pytestmark = pytest.mark.cluster
 
