@@ -245,19 +245,25 @@ class Kube:
         #: The deadline of every request (connect and read), in seconds.
         self.timeout = timeout
         self.api_client: Any
+        settings = client.Configuration()
         try:
             if config.in_cluster:
-                kconfig.load_incluster_config()
-                self.api_client = client.ApiClient()
+                kconfig.load_incluster_config(client_configuration=settings)
             else:
-                self.api_client = kconfig.new_client_from_config(
-                    config_file=config.kubeconfig, context=config.context
+                kconfig.load_kube_config(
+                    config_file=config.kubeconfig,
+                    context=config.context,
+                    client_configuration=settings,
                 )
         except (ConfigException, OSError, TypeError) as exc:
             where = "the in-cluster service account" if config.in_cluster else "kubeconfig"
             raise KubeError(
                 f"cannot load {where}: {exc}; set KUBECONFIG or pass --kubeconfig/--context."
             ) from exc
+        # No retries inside the client: a request ends at its deadline, and what to do next
+        # (read again, back off, give up) is kubemr's to decide.
+        settings.retries = False
+        self.api_client = client.ApiClient(settings)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
         self.batch = client.BatchV1Api(self.api_client)

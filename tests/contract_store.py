@@ -212,18 +212,17 @@ class StoreContract:
             store.patch(cas)
         assert store.get()["status"]["n"] == 1
 
-    # the job protocol on top of it
-
     def test_every_patch_gives_a_new_version(self, make_store: MakeStore) -> None:
+        """(On a cluster the operator may write too, so versions only ever move forward.)"""
         store = make_store(sample_job())
         first = version_of(store.get())
         assert first is not None
         second = version_of(store.patch([{"op": "replace", "path": "/status/n", "value": 1}]))
         assert second is not None and newer(second, first)
-        assert version_of(store.get()) == second
+        assert not newer(second, version_of(store.get()))
         with pytest.raises(Conflict):
             store.patch([{"op": "test", "path": "/status/n", "value": 0}])
-        assert version_of(store.get()) == second
+        assert not newer(second, version_of(store.get()))
 
     def test_changed_hands_out_the_next_version_as_soon_as_there_is_one(
         self, make_store: MakeStore, reopen: Reopen
@@ -240,6 +239,8 @@ class StoreContract:
             writer.start()
             try:
                 new = store.changed(seen, 20.0)
+                while new["status"]["n"] != 5 and time.monotonic() - started < 20.0:
+                    new = store.changed(new, 20.0)  # another writer's version came first
             finally:
                 writer.join()
             assert new["status"]["n"] == 5 and time.monotonic() - started < 10.0

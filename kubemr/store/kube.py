@@ -58,7 +58,7 @@ class KubeStore(Store):
         in_cluster = os.path.exists(os.path.join(SA_DIR, "token")) and bool(
             os.environ.get("KUBERNETES_SERVICE_HOST")
         )
-        config = KubeConfig(in_cluster=in_cluster)
+        config = KubeConfig(kubeconfig=os.environ.get("KUBECONFIG") or None, in_cluster=in_cluster)
         kube = Kube(config) if timeout is None else Kube(config, timeout=timeout)
         return cls(kube, namespace, name)
 

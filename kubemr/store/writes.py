@@ -38,6 +38,8 @@ log = logging.getLogger("kubemr.store")
 Patch = list[dict[str, Any]]
 #: 422 answers in a row to a patch whose preconditions hold, before it counts as refused.
 MAX_UNEXPLAINED = 4
+#: Races lost in a row before a write gives up (as lost): a bound, not an expected case.
+MAX_RACES = 50
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
 
@@ -105,7 +107,7 @@ class Writer:
         """
         started = time.monotonic()
         backoff = Backoff(self.rng)
-        unexplained = 0
+        unexplained = races = 0
         while True:
             patch = build(doc)
             if patch is None:
@@ -124,7 +126,8 @@ class Writer:
                 verdict = preconditions_hold(fresh, patch)
                 if verdict is False:
                     unexplained = 0
-                    if not retry_races:
+                    races += 1
+                    if not retry_races or races >= MAX_RACES:
                         return None, fresh
                 else:
                     unexplained += 1

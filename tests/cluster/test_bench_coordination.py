@@ -59,3 +59,37 @@ def test_coordination_benchmark_runs(cluster: Cluster, tmp_path: Path) -> None:
         assert r["cpu_ms_per_task"]["workers"] > 0
         assert r["cpu_ms_per_task"]["kube-apiserver"] > 0
     assert data["growth"] == data["growth"]  # a number, not NaN
+
+
+def test_the_job_object_stays_bounded_at_5000_tasks(cluster: Cluster, tmp_path: Path) -> None:
+    """The protocol alone (real workers, the real apiserver, tasks that move no data) at
+    T = 5,000: no version of the MapReduceJob may pass 64 KiB (it is about 2 KiB, whatever
+    T), writes stay well under one per task, and waiting workers read from the watch."""
+    out = tmp_path / "protocol.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMR_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "coordination.py"),
+            "--protocol",
+            "--tasks",
+            "5000",
+            "--workers",
+            "8",
+            "--timeout",
+            "600",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["complete"] and row["done"] == 5000
+    assert 0 < row["max_kib"] <= 64, row["max_kib"]
+    assert row["versions_per_task"] < 0.15, row["versions_per_task"]
+    assert row["gets_per_task"] < 0.05, row["gets_per_task"]

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from devcluster_support import Cluster, wait_until
 
+from kubemr import state
+
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -288,7 +290,8 @@ def test_killing_a_worker_pod_and_the_operator_changes_nothing(
 
     def running_pod() -> str | None:
         doc = get(cluster, ns, name)
-        if not any(e.get("s") == "r" for e in doc.get("status", {}).get("map", [])):
+        st = state.current_stage(doc)
+        if st is None or st.name != "map" or not any(True for _ in st.running()):
             return None
         pods = kubectl(
             cluster,

@@ -29,6 +29,8 @@ from test_operator import (  # noqa: F401 (fixtures)
     wait_phase,
 )
 
+from kubemr import state
+
 pytestmark = pytest.mark.cluster
 
 SIDECAR = {"mode": "sidecar", "image": "busybox"}
@@ -102,7 +104,8 @@ def test_deleting_the_job_stops_every_process_of_its_pods(
 
     def commands_running() -> list[int] | None:
         doc = get(cluster, ns, name)
-        running = [e for e in doc.get("status", {}).get("map", []) if e.get("s") == "r"]
+        st = state.current_stage(doc)
+        running = list(st.running()) if st is not None and st.name == "map" else []
         pids = _processes_with(f"{mark}=1".encode())
         sleeps = []
         for pid in pids:
