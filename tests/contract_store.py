@@ -42,15 +42,24 @@ def job_of(doc: Doc) -> Doc:
 
     A store may add metadata of its own (kube-apiserver adds uid,
     resourceVersion, managedFields...) and names are unique per store (a test
-    against a cluster names each document afresh), which the contract leaves alone.
+    against a cluster names each document afresh), which the contract leaves alone;
+    so are the status fields an operator on the same cluster may write (progress,
+    conditions), since it reconciles every MapReduceJob, these included.
     """
+    status = doc.get("status")
+    if isinstance(status, dict):
+        status = {k: v for k, v in status.items() if k not in OPERATOR_FIELDS}
     return {
         "apiVersion": doc.get("apiVersion"),
         "kind": doc.get("kind"),
         "labels": doc["metadata"].get("labels"),
         "spec": doc.get("spec"),
-        "status": doc.get("status"),
+        "status": status,
     }
+
+
+#: Status fields the operator writes.
+OPERATOR_FIELDS = ("progress", "conditions")
 
 
 def sample_job() -> Doc:
