@@ -1,7 +1,8 @@
 """Coordination on a real control plane: map-only jobs of no-op tasks on hack/devcluster.
 
-    .venv/bin/python bench/coordination.py [--tasks 100,1000,10000] [--workers 8] [--reps 1]
-        [--plot FILE] [--json FILE] [--timeout 3600] [--devcluster DIR] [--etcd-limit-mib 1280]
+    .venv/bin/python bench/coordination.py [--protocol] [--tasks 100,1000,10000] [--workers 8]
+        [--reps 1] [--plot FILE] [--json FILE] [--timeout 3600] [--devcluster DIR]
+        [--etcd-limit-mib 1280] [--report FILE,...]
 
 On a cluster every claim and commit is a JSON patch on one MapReduceJob, so
 this measures how that protocol scales with the number of tasks T. For each T
@@ -13,6 +14,16 @@ worker pods started by a real operator (`kubemr operator -n NAMESPACE`, a
 process of this script, in a namespace of its own). The worker pods run the
 kubemr of the checkout this script is in (PYTHONPATH), so a copy of the
 repository can be measured against the cluster of another (`--devcluster`).
+
+With --protocol, the same measurements are of the protocol alone: no
+operator, no pods and no storage. The script creates the MapReduceJob with
+phase Pending and starts `--workers` real worker processes on this machine
+(`Worker` of kubemr.shim.worker: the decisions, claims, lease keeper,
+renewals, commits, watch and writer that pods run, against the real
+apiserver), whose `TaskRunner` plans T map tasks and runs each one by doing
+nothing. That is where a worker hands a task to the data path, so the
+figures are what coordinating T tasks costs, and nothing of what moving their
+data costs; the full jobs give the rest.
 
 For each T the tables show
 
@@ -44,7 +55,9 @@ For each T the tables show
   processes (Python), of their commands (sh, cat), of kube-apiserver, etcd,
   the operator, MinIO and the rest (controller-manager, node agent), sampled
   from /proc every half second (the whole job's CPU seconds are in --json).
-- growth: the least-squares slope of log(map s) against log(T) (1.0: linear).
+- growth: the least-squares slope of log(map s) against log(T) (1.0: linear),
+  and of the coordination CPU (workers, apiserver, etcd, operator during the
+  map phase) against T (1.0: a flat cost per task).
 
 etcd keeps every version of the object until the apiserver compacts its
 history (every 5 minutes), and every patch writes the whole object, so a
@@ -938,6 +951,13 @@ def median_outcome(runs: list[Outcome]) -> dict[str, Any]:
         "kib_out_per_task": med(lambda o: o.sent / per(o) / 1024),
         "watch_kib_per_task": med(lambda o: o.watch_bytes / per(o) / 1024),
         "versions_per_task": med(lambda o: o.versions / per(o)),
+        "written_kib_per_task": med(lambda o: o.written_bytes / per(o) / 1024),
+        "coordination_cpu_s": med(
+            lambda o: (
+                sum((o.cpu_ms if whole else o.map_cpu_ms).get(k, 0.0) for k in COORDINATION) / 1000
+            )
+        ),
+        "protocol": all(o.protocol for o in runs),
         "etcd_updates_per_task": med(lambda o: o.etcd_requests.get("update", 0) / per(o)),
         "etcd_db_max_mib": med(lambda o: o.etcd_db_max / 2**20),
         "max_kib": med(lambda o: o.max_bytes / 1024),
@@ -956,6 +976,8 @@ def median_outcome(runs: list[Outcome]) -> dict[str, Any]:
 
 
 WIDTHS = (9, 6, 7, 6, 6, 6)
+#: The process groups whose CPU time is the cost of coordination (not of the data path).
+COORDINATION = ("workers", "kube-apiserver", "etcd", "operator")
 
 
 def print_tables(rows: list[dict[str, Any]], growth: float, measured_growth: float) -> None:
@@ -985,6 +1007,13 @@ def print_tables(rows: list[dict[str, Any]], growth: float, measured_growth: flo
             f"{r['max_kib']:>9.1f}{r['stored_kib']:>8.1f}"
         )
     print(f"\ngrowth exponent of map s in T (least-squares slope of log-log): {growth:.2f}")
+    cpu_growth = slope(
+        [(r["tasks"], r["coordination_cpu_s"]) for r in rows if r.get("coordination_cpu_s")]
+    )
+    print(
+        "growth exponent of coordination CPU in T (workers, apiserver, etcd, operator in the "
+        f"map phase): {cpu_growth:.2f}"
+    )
     stopped = [r for r in rows if not r["complete"]]
     if stopped:
         so_far = ", ".join(
@@ -1001,8 +1030,8 @@ def print_tables(rows: list[dict[str, Any]], growth: float, measured_growth: flo
     rest = ["kube-controller-manager", "nodeagent"]
     head2 = (
         f"\n{'T':>6}{'GET':>6}{'PATCH':>7}{'in KiB':>8}{'out KiB':>8}{'watch KiB':>10}"
-        f"{'writes':>7}{'txns':>6} | {cpu_label}{'workers':>8}{'cmds':>6}{'apisrv':>7}{'etcd':>6}"
-        f"{'oper':>6}{'minio':>6}{'other':>6}"
+        f"{'writes':>7}{'wr KiB':>7}{'txns':>6} | {cpu_label}{'workers':>8}{'cmds':>6}"
+        f"{'apisrv':>7}{'etcd':>6}{'oper':>6}{'minio':>6}{'other':>6}"
     )
     print(head2)
     print("-" * len(head2))
@@ -1012,18 +1041,20 @@ def print_tables(rows: list[dict[str, Any]], growth: float, measured_growth: flo
         print(
             f"{r['tasks']:>6}{r['gets_per_task']:>6.2f}{r['patches_per_task']:>7.2f}"
             f"{r['kib_in_per_task']:>8.1f}{r['kib_out_per_task']:>8.2f}"
-            f"{r['watch_kib_per_task']:>10.1f}{r['versions_per_task']:>7.2f}"
-            f"{r['etcd_updates_per_task']:>6.1f} |       "
+            f"{r['watch_kib_per_task']:>10.1f}{r['versions_per_task']:>7.3f}"
+            f"{r.get('written_kib_per_task', 0.0):>7.2f}"
+            f"{r['etcd_updates_per_task']:>6.2f} |       "
             + "".join(f"{cpu.get(k, 0.0):>{w}.1f}" for k, w in zip(groups, WIDTHS, strict=True))
             + f"{other:>6.1f}"
         )
     print(
         """
 per map task committed: the workers' GETs and PATCHes, KiB they received and sent, KiB the
-apiserver sent to MapReduceJob watchers, versions of the object written (writes), the apiserver's
-update transactions on etcd for them (txns: a write that lost to another at etcd is retried
-inside the apiserver); CPU ms of each process group during the map phase (cmds: the workers'
-sh/cat; other: controller-manager and node agent)."""
+apiserver sent to MapReduceJob watchers, versions of the object written (writes) and their KiB
+(wr KiB: what etcd stores, every write being the whole object), the apiserver's update
+transactions on etcd for them (txns: a write that lost to another at etcd is retried inside the
+apiserver); CPU ms of each process group during the map phase (cmds: the workers' sh/cat;
+other: controller-manager and node agent)."""
     )
     if whole:
         print("CPU ms*: over the whole job (a --json file of an earlier version of this script).")
@@ -1072,19 +1103,61 @@ def plot(rows: list[dict[str, Any]], growth: float, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_series(series: dict[str, list[dict[str, Any]]], path: str) -> None:
+    """Several benchmark runs (by label) on one log-log figure: map phase and object size."""
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]  # only when plotting
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4))
+    markers = "osd^v<>"
+    for i, (label, rows) in enumerate(series.items()):
+        ts = [r["tasks"] for r in rows]
+        left.loglog(ts, [r["map_s"] for r in rows], markers[i % 7] + "-", label=label)
+        right.loglog(ts, [r["max_kib"] for r in rows], markers[i % 7] + "-", label=label)
+    left.set_xlabel("map tasks T")
+    left.set_ylabel("map phase, seconds")
+    left.set_title("time to coordinate T tasks", fontsize=10)
+    left.legend(fontsize=7)
+    right.axhline(1536, color="#c4694a", linestyle="--", linewidth=1, label="etcd's 1.5 MiB limit")
+    right.axhline(64, color="#777777", linestyle=":", linewidth=1, label="the 64 KiB bound")
+    right.set_xlabel("map tasks T")
+    right.set_ylabel("KiB")
+    right.set_title("largest version of the MapReduceJob", fontsize=10)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def read_series(spec: str) -> dict[str, list[dict[str, Any]]]:
+    """`LABEL=FILE;LABEL=FILE`: the rows of --json files (or files holding only "rows")."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for item in spec.split(";"):
+        label, _, path = item.rpartition("=")
+        rows = json.loads(Path(path).read_text())["rows"]
+        out[label or path] = sorted(rows, key=lambda r: r["tasks"])
+    return out
+
+
+def in_plot_venv(args: list[str]) -> None:
+    """Run this script with `args` where matplotlib imports: here, or a venv of its own."""
+    venv = CACHE / "plot-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"installing matplotlib into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "matplotlib"], check=True)
+    subprocess.run([str(python), __file__, *args], check=True)
+
+
 def draw(rows: list[dict[str, Any]], growth: float, path: str) -> None:
     """Plot here if matplotlib imports, else in a virtual environment of its own."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        venv = CACHE / "plot-venv"
-        python = venv / "bin" / "python"
-        if not python.exists():
-            print(f"installing matplotlib into {venv} ...", flush=True)
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "matplotlib"], check=True)
         data = json.dumps({"rows": rows, "growth": growth})
-        subprocess.run([str(python), __file__, "--plot-from", data, "--plot", path], check=True)
+        in_plot_venv(["--plot-from", data, "--plot", path])
         return
     plot(rows, growth, path)
 
@@ -1236,6 +1309,11 @@ def main() -> int:
         help="protocol only: real worker processes on this machine against the real apiserver, "
         "with tasks that do nothing and no operator, pods or storage",
     )
+    parser.add_argument(
+        "--series",
+        metavar="LABEL=FILE;...",
+        help="run nothing: plot (--plot) the rows of several --json files, one line each",
+    )
     parser.add_argument("--plot-from", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1244,6 +1322,17 @@ def main() -> int:
     if args.plot_from:
         data = json.loads(args.plot_from)
         plot(data["rows"], data["growth"], args.plot)
+        return 0
+    if args.series:
+        if not args.plot:
+            parser.error("--series needs --plot FILE")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            in_plot_venv(["--series", args.series, "--plot", args.plot])
+            return 0
+        plot_series(read_series(args.series), args.plot)
+        print(f"plot: {args.plot}")
         return 0
     if args.report:
         return report(*reread(args.report), args.json, args.plot)

@@ -54,6 +54,8 @@ class Controller:
         self._reported: set[tuple[str, str, str]] = set()
         # Each job's deployer lease, and when this operator first saw it as it is.
         self._deployers: dict[str, tuple[str, float]] = {}
+        # When this operator last wrote each job's status.progress.
+        self._progress_at: dict[str, float] = {}
 
     def run(self) -> None:
         """Reconcile until asked to stop."""
@@ -85,13 +87,28 @@ class Controller:
                 version = obj["metadata"].get("resourceVersion", version)
                 if kind in ("ADDED", "MODIFIED"):
                     self.reconcile(obj)
+                elif kind == "DELETED":
+                    self.forget(str(obj["metadata"].get("uid")))
+
+    def forget(self, uid: str) -> None:
+        """Drop what this operator remembers of a deleted job."""
+        self._deployers.pop(uid, None)
+        self._progress_at.pop(uid, None)
+        self._reported = {key for key in self._reported if key[0] != uid}
 
     def observe(self, obj: dict[str, Any]) -> Observed:
         ns = obj["metadata"]["namespace"]
         name = obj["metadata"]["name"]
         batch = self.kube.get_batch_job(ns, names(name)["job"])
         pods = self.kube.list_pods(ns, f"{LABEL}={name}") if batch is not None else []
-        return Observed(batch_job=batch, pods=pods, deployer_stale=self._deployer_stale(obj))
+        uid = str(obj["metadata"].get("uid"))
+        written = self._progress_at.get(uid)
+        return Observed(
+            batch_job=batch,
+            pods=pods,
+            deployer_stale=self._deployer_stale(obj),
+            progress_age=float("inf") if written is None else time.monotonic() - written,
+        )
 
     def _deployer_stale(self, obj: dict[str, Any]) -> bool:
         """Whether the job's deployer lease has stayed as it is for its duration since this
@@ -155,9 +172,11 @@ class Controller:
                 log.warning("%s/%s: %s", ns, name, exc)
                 self.apply(obj, refused(obj, str(exc), time.time()))
                 return
+        uid = str(obj["metadata"].get("uid"))
         for patch in plan.patches:
             self.kube.patch_job_status(ns, name, patch)
-        uid = str(obj["metadata"].get("uid"))
+            if any(op.get("path") == "/status/progress" for op in patch):
+                self._progress_at[uid] = time.monotonic()
         for reason, note, warning in plan.events:
             if self._first(uid, reason, note):
                 log.info("%s/%s: %s: %s", ns, name, reason, note)

@@ -48,6 +48,8 @@ class Observed:
     #: The job's deployer lease has not changed for its duration, by this operator's own
     #: clock (an operator that took the job died before deploying it).
     deployer_stale: bool = False
+    #: Seconds since this operator last wrote the job's `status.progress`.
+    progress_age: float = float("inf")
 
 
 @dataclass
@@ -127,8 +129,16 @@ def progress(doc: Mapping[str, Any]) -> dict[str, str]:
 PROGRESS_STEP = 0.01
 
 
-def progress_due(old: Any, new: Mapping[str, str], terminal: bool) -> bool:
-    """Whether `status.progress` should go from `old` to `new` now."""
+#: ... and at most once in this many seconds while a stage runs (SIG Scalability: a large
+#: object should not be written more than every couple of seconds).
+PROGRESS_SECONDS = 2.0
+
+
+def progress_due(
+    old: Any, new: Mapping[str, str], terminal: bool, age: float = float("inf")
+) -> bool:
+    """Whether `status.progress` should go from `old` to `new` now, `age` seconds after this
+    operator last wrote it (a stage's end and the job's end are written at once)."""
     if old == new:
         return False
     if terminal or not isinstance(old, Mapping) or set(old) != set(new):
@@ -139,7 +149,9 @@ def progress_due(old: Any, new: Mapping[str, str], terminal: bool) -> bool:
             was, was_total = (int(x) for x in str(old[stage]).split("/"))
         except ValueError:
             return True
-        if total != was_total or done == total or done - was >= max(1, total * PROGRESS_STEP):
+        if total != was_total or done == total:
+            return True
+        if done - was >= max(1, total * PROGRESS_STEP) and age >= PROGRESS_SECONDS:
             return True
     return False
 
@@ -244,7 +256,7 @@ def reconcile(
             return plan
 
     current = progress(mrj)
-    if progress_due(status.get("progress"), current, terminal):
+    if progress_due(status.get("progress"), current, terminal, observed.progress_age):
         plan.patches.append([{"op": "add", "path": "/status/progress", "value": current}])
 
     for _, error in state.errors_of(mrj):

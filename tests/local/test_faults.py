@@ -195,3 +195,49 @@ def test_interrupt_stops_workers_and_commands(kubemr: Kubemr) -> None:
     # The interrupted tasks were handed back, not counted as failures.
     doc = read_doc(run_dir)
     assert all(e["s"] == "p" and not e["f"] for e in tasks(doc))
+
+
+def test_a_worker_stopped_from_outside_is_replaced(kubemr: Kubemr) -> None:
+    """A worker that exits 0 without finishing (SIGTERM from a command that kills its parent)
+    is replaced while the job has work, even when it is the only one."""
+    make_inputs(kubemr.tmp, 3)
+    marker = kubemr.tmp / "killed-once"
+    job = kubemr.job(
+        "stopped",
+        inputs=["./in/"],
+        map=f"if [ ! -e {marker} ]; then touch {marker}; kill -TERM $PPID; sleep 5; fi; cat",
+        splitSize="1Ki",
+    )
+    done = kubemr("run", str(job), "-w", "1", "-o", str(kubemr.tmp / "out"), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()
+    assert sorted(results(kubemr.tmp / "out").splitlines(keepends=True)) == expected_output(
+        kubemr.tmp / "in"
+    )
+
+
+def test_a_dead_workers_tasks_go_back_at_once_not_after_its_lease(kubemr: Kubemr) -> None:
+    """With a 60 s lease, a SIGKILLed worker's tasks are handed back by `kubemr run` as soon
+    as it sees the process gone: the job ends long before the lease would have expired."""
+    make_inputs(kubemr.tmp, 4)
+    job = kubemr.job("dead", inputs=["./in/"], map="sleep 1; cat", splitSize="1Ki")
+    started = time.monotonic()
+    proc = kubemr.popen(
+        "run",
+        str(job),
+        "-w",
+        "2",
+        "-o",
+        str(kubemr.tmp / "out"),
+        env={"KUBEMR_LEASE_SECONDS": "60"},
+    )
+    run_dir = kubemr.run_dir("dead")
+    _, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
+    pid = wait_for(lambda: worker_pids(entry["h"]).get(entry["h"]), what="the worker's pid")
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 40, "the tasks waited out the dead worker's lease"
+    assert sorted(results(kubemr.tmp / "out").splitlines(keepends=True)) == expected_output(
+        kubemr.tmp / "in"
+    )

@@ -27,3 +27,11 @@ def test_progress_moves_in_steps_of_a_stage(
     old: Any, new: dict[str, str], terminal: bool, due: bool
 ) -> None:
     assert progress_due(old, new, terminal) is due
+
+
+def test_progress_is_written_at_most_every_couple_of_seconds_while_a_stage_runs() -> None:
+    old, new = {"map": "5/1000"}, {"map": "500/1000"}
+    assert not progress_due(old, new, False, age=0.5)
+    assert progress_due(old, new, False, age=2.5)
+    assert progress_due(old, {"map": "1000/1000"}, False, age=0.1)  # a stage's end at once
+    assert progress_due(old, {"map": "6/1000"}, True, age=0.1)  # and the job's
