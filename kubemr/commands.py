@@ -74,6 +74,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"{run_dir} holds another job ({stored.get('metadata', {}).get('name')}); give a "
                 "new --run-dir, or the same manifest to resume it."
             )
+        try:
+            state.current_stage(stored)
+        except state.MalformedDocument as exc:
+            raise RunError(
+                f"{run_dir} cannot be resumed: {exc}; start the job again with a new --run-dir."
+            ) from exc
         _err(f"resuming {run_dir}")
     else:
         check_inputs(prep.spec)

@@ -232,7 +232,10 @@ def stage_of(doc: Doc, name: str) -> Stage | None:
             raw=raw,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise MalformedDocument(f"status.{name} of the job is malformed: {exc}") from exc
+        raise MalformedDocument(
+            f"status.{name} of the job is not in the shape this kubemr writes ({exc}); it was "
+            "made by another version of kubemr, or edited"
+        ) from exc
 
 
 def current_stage(doc: Doc) -> Stage | None:
@@ -540,7 +543,8 @@ def _take_over(edit: _Edit, holder: str, entry: Entry, s: Settings) -> tuple[Tas
 def decide(doc: Doc, s: Settings, expired: frozenset[str] = frozenset()) -> Action:
     """What a worker should do next, given the document it just read and the claims whose
     leases it has seen expire (`LeaseClock.expired`). A worker that decides holds no claim,
-    so an unfinished claim of its own (left by an earlier life) counts as expired."""
+    so an unfinished claim of its own (left by an earlier life) counts as expired. Raises
+    MalformedDocument for a status this module did not write."""
     phase = phase_of(doc)
     if phase is None:
         return Wait("the job has no status.phase yet")
@@ -562,10 +566,7 @@ def decide(doc: Doc, s: Settings, expired: frozenset[str] = frozenset()) -> Acti
     stage = PHASE_STAGE.get(phase)
     if stage is None:
         return Wait(f"unknown phase {phase!r} in status.phase")
-    try:
-        st = stage_of(doc, stage)
-    except MalformedDocument as exc:
-        return Wait(str(exc))
+    st = stage_of(doc, stage)  # raises MalformedDocument: no worker can go on with it
     if st is None:
         return Wait(f"the job is {phase} but has no status.{stage}")
     edit = _Edit(st)

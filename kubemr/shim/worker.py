@@ -277,6 +277,10 @@ class Worker:
             except SpecError as exc:
                 log.error("%s", exc)
                 return 2
+            except state.MalformedDocument as exc:
+                log.error("%s", exc)
+                self._fail_job(doc, f"{exc}.")
+                return 2
             except JobNotFound as exc:
                 log.info("%s", exc)
                 return 0

@@ -88,6 +88,8 @@ class Writer:
         self.rng = rng or random.Random()
         #: Lost races seen by this writer (for logs and benchmarks).
         self.conflicts = 0
+        #: How long to wait, after a lost race, for the version that won to arrive.
+        self.race_wait = 0.5
 
     def send(
         self,
@@ -120,7 +122,7 @@ class Writer:
                 raise
             except Conflict as exc:
                 self.conflicts += 1
-                fresh = self._latest(doc, wait=0.5)
+                fresh = self._latest(doc, wait=self.race_wait)
                 if applied is not None and applied(fresh):
                     return fresh, fresh
                 verdict = preconditions_hold(fresh, patch)

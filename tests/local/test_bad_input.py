@@ -11,6 +11,8 @@ neither break a task nor fill the disk.
 from __future__ import annotations
 
 import itertools
+import json
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -387,3 +389,22 @@ def test_a_command_that_detaches_a_child_does_not_hang_the_task(kubemr: Kubemr) 
     assert results(out) == b"a\n"
     left = subprocess.run(["pgrep", "-f", f"^sleep {nap}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a detached child outlived its task"
+
+
+def test_a_run_left_by_an_older_kubemr_is_refused_not_hung_on(kubemr: Kubemr) -> None:
+    """A run directory whose job document another version of kubemr wrote (one status entry
+    per task) cannot be resumed: `kubemr run` says so and how to start again, and exits."""
+    (kubemr.tmp / "in.txt").write_text("a\n")
+    job = kubemr.job("old", inputs=["./in.txt"], map="cat")
+    run_dir = kubemr.tmp / "old-run"
+    first = kubemr("run", str(job), "--run-dir", str(run_dir))
+    assert first.returncode == 0, first.stderr
+    db = sqlite3.connect(run_dir / "job.db")
+    doc = read_doc(run_dir)
+    doc["status"] = {"phase": "Mapping", "map": [{"s": "p", "a": 0}], "partitions": 0}
+    db.execute("UPDATE job SET doc = ? WHERE id = 1", (json.dumps(doc),))
+    db.commit()
+    db.close()
+    again = kubemr("run", str(job), "--run-dir", str(run_dir), timeout=30)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "cannot be resumed" in again.stderr and "new --run-dir" in again.stderr

@@ -153,10 +153,13 @@ def test_iso_is_utc_rfc3339() -> None:
     assert state.iso(0) == "1970-01-01T00:00:00Z"
 
 
-def test_a_malformed_stage_is_reported_not_crashed_on() -> None:
+def test_a_malformed_stage_is_refused_with_a_sentence() -> None:
     doc = job(phase="Mapping", map={"n": 3, "todo": "x", "done": "", "held": {}})
-    action = decide(doc, settings())
-    assert isinstance(action, Wait) and "malformed" in action.why
+    with pytest.raises(state.MalformedDocument, match="not in the shape this kubemr writes"):
+        decide(doc, settings())
+    old = job(phase="Mapping", map=[{"s": "p", "a": 0}])  # the document of an older kubemr
+    with pytest.raises(state.MalformedDocument):
+        decide(old, settings())
 
 
 # -- deciding ----------------------------------------------------------------------------
