@@ -1213,43 +1213,28 @@ def reread(paths: str) -> tuple[dict[int, list[Outcome]], list[str]]:
 def worker_main() -> int:
     """A real worker (`kubemr.shim.worker.Worker`: decide, claim, renew, commit, the watch, the
     lease keeper, against the real apiserver) whose `TaskRunner` moves no data: planning
-    plans KUBEMR_BENCH_TASKS map tasks, a map task does nothing, publishing places nothing.
+    plans KUBEMR_BENCH_TASKS map tasks, a map task does nothing (for KUBEMR_BENCH_PAUSE
+    seconds; KUBEMR_BENCH_RAN records what ran: `kubemr.shim.tasks.NoData`), publishing
+    places nothing.
     This is the interface where a worker hands a task to the data path, so what is measured
     is exactly what coordination costs a job, and nothing of what its commands cost."""
-    sys.path.insert(0, str(REPO))
     import logging
 
     from kubemr.shim import config as shim_config
-    from kubemr.shim.planner import Planned
-    from kubemr.shim.tasks import Result
+    from kubemr.shim.tasks import NoData
     from kubemr.shim.worker import Worker
-
-    tasks = int(os.environ["KUBEMR_BENCH_TASKS"])
-
-    class NoData:
-        def run(self, job: Any, doc: Any, task: Any, attempt: int, watch: Any) -> Result:
-            if task.stage == "plan":
-                return Result(planned=Planned(tasks, "noop://plan", "noop://work/", 0))
-            return Result()
-
-        def status(self) -> str | None:
-            return None
-
-        def describe(self, job: Any, doc: Any, task: Any) -> str:
-            return ""
-
-        def succeeded(self, job: Any, doc: Any) -> None:
-            pass
-
-        def clean_up(self, job: Any, doc: Any) -> None:
-            pass
 
     config = shim_config.from_env()
     logging.basicConfig(
         level=logging.WARNING,
         format=f"%(asctime)s {config.worker_id} %(levelname)s %(message)s",
     )
-    worker = Worker(config, runner=NoData())
+    runner = NoData(
+        int(os.environ["KUBEMR_BENCH_TASKS"]),
+        os.environ.get("KUBEMR_BENCH_RAN"),
+        float(os.environ.get("KUBEMR_BENCH_PAUSE") or 0),
+    )
+    worker = Worker(config, runner=runner)
     worker.handle_signals()
     try:
         code = worker.run()

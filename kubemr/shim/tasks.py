@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -147,3 +148,41 @@ class DataPath:
             job.storage(url).put_file(path, url)
         except KubemrError as exc:
             log.warning("could not store the stderr of %s: %s", att.task.name, exc)
+
+
+class NoData:
+    """A runner that moves no data: planning plans `tasks` map tasks and no reduce, a task
+    does nothing (for `pause` seconds), publishing places nothing. For measuring the protocol alone
+    (bench/coordination.py --protocol) and testing it under faults; with `record`, every
+    finished attempt appends `TASK ATTEMPT` to that file, so a test can check that what was
+    committed is what ran."""
+
+    def __init__(self, tasks: int, record: str | None = None, pause: float = 0.0) -> None:
+        self.tasks = tasks
+        self.record = record
+        self.pause = pause
+
+    def run(self, job: Job, doc: Doc, task: Task, attempt: int, watch: Watch) -> Result:
+        watch.check()
+        if task.stage == "plan":
+            return Result(planned=Planned(self.tasks, "noop://plan", "noop://work/", 0))
+        end = time.monotonic() + self.pause
+        while time.monotonic() < end:  # a task that takes `pause` seconds, and can be stopped
+            time.sleep(min(0.01, max(0.0, end - time.monotonic())))
+            watch.check()
+        if self.record is not None:
+            with open(self.record, "a", encoding="utf-8") as f:
+                f.write(f"{task.name} {attempt}\n")
+        return Result()
+
+    def status(self) -> str | None:
+        return None
+
+    def describe(self, job: Job, doc: Doc, task: Task) -> str:
+        return ""
+
+    def succeeded(self, job: Job, doc: Doc) -> None:
+        pass
+
+    def clean_up(self, job: Job, doc: Doc) -> None:
+        pass
