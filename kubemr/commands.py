@@ -106,11 +106,8 @@ def _report(doc: dict[str, Any], name: str, run_dir: str, elapsed: float) -> int
         output = str(doc["spec"]["output"])
         shown = output.removeprefix("file://")
         _err(f"{name} succeeded in {elapsed:.1f}s: {state.result_count(doc)} result file(s)")
-        counters = status.get("counters") or {}
-        if counters:
-            _err("counters:")
-            for line in reporter.format_counters(counters):
-                _err(line)
+        for line in reporter.counters_block(status.get("counters") or {}):
+            _err(line)
         print(shown)
         return 0
     message = status.get("message") or "no reason recorded"
@@ -147,11 +144,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"condition: {cond.get('type')}={cond.get('status')} {cond.get('message', '')}")
     for line in task_lines(doc):
         print(f"  {line}")
-    counters = status.get("counters") or {}
-    if counters:
-        print("counters:")
-        for line in reporter.format_counters(counters):
-            print(line)
+    for line in reporter.counters_block(status.get("counters") or {}):
+        print(line)
     return 0
 
 

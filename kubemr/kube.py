@@ -121,6 +121,18 @@ def describe_patch(ops: Sequence[dict[str, Any]]) -> str:
     return ",".join(parts) or "-"
 
 
+def _event(event: dict[str, Any], what: str) -> tuple[str, Any]:
+    """(type, object) of one watch event; an ERROR event raises (Gone for 410)."""
+    kind = str(event.get("type"))
+    obj = event.get("object")
+    if kind == "ERROR":
+        code = obj.get("code") if isinstance(obj, dict) else None
+        if code == 410:
+            raise Gone(f"{what} expired (410 Gone)")
+        raise TemporaryKubeError(f"{what} failed: {obj}")
+    return kind, obj
+
+
 def _lines(response: Any) -> Iterator[bytes]:
     """The lines of a streamed HTTP response (a watch sends one JSON event per line)."""
     buffer = b""
@@ -364,14 +376,7 @@ class Kube:
                     self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, **kwargs
                 )
             for event in stream:
-                kind = str(event.get("type"))
-                obj = event.get("object")
-                if kind == "ERROR":
-                    code = obj.get("code") if isinstance(obj, dict) else None
-                    if code == 410:
-                        raise Gone("the watch expired (410 Gone)")
-                    raise TemporaryKubeError(f"the watch failed: {obj}")
-                yield kind, obj
+                yield _event(event, "the watch")
         except KubemrError:
             raise
         except Exception as exc:
@@ -404,14 +409,7 @@ class Kube:
         code = int(response.status)
         try:
             for line in _lines(response):
-                event = json.loads(line)
-                kind = str(event.get("type"))
-                obj = event.get("object")
-                if kind == "ERROR":
-                    status = obj.get("code") if isinstance(obj, dict) else None
-                    if status == 410:
-                        raise Gone("the watch expired (410 Gone)")
-                    raise TemporaryKubeError(f"the watch of {namespace}/{name} failed: {obj}")
+                kind, obj = _event(json.loads(line), f"the watch of {namespace}/{name}")
                 if self.trace is not None and kind != "BOOKMARK":
                     self.trace.record("WATCH", time.time(), 0.0, code, 0, len(line) + 1)
                 yield kind, obj

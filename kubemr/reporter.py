@@ -80,6 +80,11 @@ def total(parts: Iterable[Mapping[str, Mapping[str, int]]]) -> Counters:
     return out
 
 
+def counters_block(counters: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """`counters:` and the formatted counters, or nothing when there are none."""
+    return ["counters:", *format_counters(counters)] if counters else []
+
+
 def format_counters(counters: Mapping[str, Mapping[str, int]]) -> list[str]:
     """Lines for a terminal: group, then `name=value` indented, sorted."""
     lines: list[str] = []

@@ -142,17 +142,11 @@ class KubeStore(Store):
                     self._gone = True
                     self._cond.notify_all()
                 return
-            except KubemrError as exc:
+            except Exception as exc:  # KubemrError, or anything: the watch thread must not die
                 with self._cond:
                     self._watching = False
-                log.debug("the watch of %s/%s broke: %s", self.namespace, self.name, exc)
-                version = None
-                self._closed.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            except Exception as exc:  # a watch thread must never die silently
-                with self._cond:
-                    self._watching = False
-                log.warning("the watch of %s/%s failed: %s", self.namespace, self.name, exc)
+                level = logging.DEBUG if isinstance(exc, KubemrError) else logging.WARNING
+                log.log(level, "the watch of %s/%s broke: %s", self.namespace, self.name, exc)
                 version = None
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
