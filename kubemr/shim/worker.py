@@ -50,6 +50,20 @@ from kubemr.store.writes import Backoff, Writer
 log = logging.getLogger("kubemr.shim")
 
 MAX_STORE_ERRORS = 30
+#: About how many seconds of work one claim should hold: enough tasks that claims are few
+#: when tasks are short, and one task at a time when tasks are long (a long claim would
+#: keep its tasks from others, and a failure or a lost worker costs more of them).
+CLAIM_SECONDS = 30.0
+
+
+def claim_cap(task_seconds: float | None, most: int) -> int:
+    """The most tasks the next claim may take, from how long this worker's tasks took (an
+    average; None before its first): one until it knows, then CLAIM_SECONDS' worth."""
+    if task_seconds is None:
+        return 1
+    return max(1, min(most, int(CLAIM_SECONDS / max(task_seconds, 1e-3))))
+
+
 #: The longest a waiting worker goes without reading the job (the watch wakes it sooner).
 MAX_WAIT_SECONDS = 30.0
 
@@ -225,6 +239,8 @@ class Worker:
         self.tally = Tally()
         self._rng = random.Random()
         self._claim_no = 1
+        #: How long this worker's map and reduce tasks take, a moving average.
+        self._task_seconds: float | None = None
 
     def _seen(self, doc: Doc) -> None:
         self.clock.see(doc, time.monotonic())
@@ -313,7 +329,7 @@ class Worker:
             lease_seconds=self.config.lease_seconds,
             max_attempts=job.spec.max_attempts,
             claim_no=self._claim_no,
-            batch=self.config.batch,
+            batch=claim_cap(self._task_seconds, self.config.batch),
             workers=self.config.workers or job.spec.replicas,
         )
 
@@ -398,6 +414,7 @@ class Worker:
                     return self._commit_single(job, doc, held, keeper, out)
                 keeper.finished(task.index, out.result.counters)
                 self.tally.tasks += 1
+                self._took(out.elapsed)
                 log.info("%s attempt %d finished in %.2fs", task.name, attempt, out.elapsed)
             elif out.error is not None:
                 failed = (task.index, out)
@@ -437,6 +454,10 @@ class Worker:
         if state.all_committed(doc, held):
             log.info("%s committed (%d task(s))", names, held.b - held.a)
         return doc
+
+    def _took(self, seconds: float) -> None:
+        old = self._task_seconds
+        self._task_seconds = seconds if old is None else 0.7 * old + 0.3 * seconds
 
     def _write(
         self,
