@@ -28,6 +28,7 @@ from kubemr.local import (
     read_manifest,
     runs_home,
 )
+from kubemr.partition import sort_keys
 from kubemr.plan import load_plan
 from kubemr.progress import describe
 from kubemr.shim import config as shim_config
@@ -327,7 +328,12 @@ def _replay_reduce(
     with open(listing, "wb") as f:
         f.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
     merger = subprocess.Popen(
-        ["sort", "-m", f"--files0-from={listing}"],
+        [
+            "sort",
+            *sort_keys(job.spec.separator.encode(), job.spec.key_fields),
+            "-m",
+            f"--files0-from={listing}",
+        ],
         env={**os.environ, "LC_ALL": "C"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

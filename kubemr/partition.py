@@ -30,6 +30,15 @@ MIN_RUN_LINES = 4
 PROBE_RUNS = 1024
 
 
+def sort_keys(sep: bytes, key_fields: int) -> list[str]:
+    """GNU sort options that order map output by its key first (fields 1 to `key_fields`,
+    a line with fewer separators being all key), then, as GNU sort's last resort, by the
+    whole line bytewise: lines of one key are adjacent whatever bytes the key holds, and the
+    order is the same on every machine (with LC_ALL=C). Sorting whole lines would split a
+    key whenever some key holds a byte below the separator (`a` < `a b,1` < `a,1` with ",")."""
+    return ["-t", "\\0" if sep == b"\0" else sep.decode("latin-1"), f"-k1,{key_fields}"]
+
+
 def key_of(line: bytes, sep: bytes, key_fields: int) -> bytes:
     """The key of one map output line (without its newline)."""
     if key_fields == 1:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubemr.errors import TaskFailed
+from kubemr.partition import sort_keys
 from kubemr.shim import exchange
 from kubemr.shim.job import Job
 from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered, shell
@@ -89,8 +90,11 @@ class Attempt:
         return os.path.join(self.root, "tmp")
 
     def sort_argv(self, *extra: str) -> list[str]:
-        """GNU sort, bytewise on whole lines, spilling to this attempt's tmp directory."""
-        return ["sort", "-S", self.job.config.sort_memory, "-T", self.tmp, *extra]
+        """GNU sort by key, then bytewise on whole lines (`partition.sort_keys`), spilling to
+        this attempt's tmp directory."""
+        spec = self.job.spec
+        keys = sort_keys(spec.separator.encode(), spec.key_fields)
+        return ["sort", "-S", self.job.config.sort_memory, "-T", self.tmp, *keys, *extra]
 
     def sort_env(self) -> dict[str, str]:
         env = dict(self.job.config.base_env)

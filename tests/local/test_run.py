@@ -154,6 +154,34 @@ def test_combiner_and_custom_separator(kubemr: Kubemr) -> None:
     assert got == ["eu,a,3675", "eu,b,3675", "us,a,3675", "us,b,3675"]
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_equal_keys_are_adjacent_whatever_bytes_keys_hold(kubemr: Kubemr, partitions: int) -> None:
+    """With "," as separator, `a b,1` sorts between `a` and `a,1` as a whole line (" " is
+    below ","), which would split key `a`. Sorted by key first, every key's lines are one
+    run, with ties in whole-line order, so results stay deterministic."""
+    lines = [b"a,1", b"a b,1", b"a", b"b,2", b"a,0", b"a\x01x,5", b"b", b"a b,0"]
+    (kubemr.tmp / "in.txt").write_bytes(b"".join(line + b"\n" for line in lines))
+    job = kubemr.job(
+        "keys",
+        inputs=["./in.txt"],
+        map="cat",
+        reduce="cat",
+        partitions=partitions,
+        separator=",",
+    )
+    proc = kubemr("run", str(job), "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    for part in sorted((kubemr.tmp / "out").glob("part-r-*")):
+        keys = [line.split(b",", 1)[0] for line in part.read_bytes().splitlines()]
+        runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+        assert len(runs) == len(set(runs)), f"a key is split in {part.name}: {keys}"
+        assert keys == sorted(keys)
+    got = results(kubemr.tmp / "out").splitlines()
+    assert sorted(got) == sorted(lines)
+    if partitions == 1:
+        assert got == [b"a", b"a,0", b"a,1", b"a\x01x,5", b"a b,0", b"a b,1", b"b", b"b,2"]
+
+
 def test_gzip_and_opaque_inputs(kubemr: Kubemr) -> None:
     gz = kubemr.tmp / "words.txt.gz"
     with gzip.open(gz, "wb") as f:
