@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable
-from typing import IO
+from collections.abc import Callable, Sequence
+from typing import IO, Protocol
 
 CHUNK = 1024 * 1024
 SORTED_CHUNK = 4 * 1024 * 1024
@@ -78,7 +78,13 @@ def make_splitter(
     return split_n
 
 
-def write_buckets(sinks: list[IO[bytes]], buckets: list[list[bytes]]) -> None:
+class Sink(Protocol):
+    """Where a partition's lines go: a file, or a combine command's stdin."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+def write_buckets(sinks: Sequence[Sink], buckets: list[list[bytes]]) -> None:
     """Write each bucket of lines (without their newlines) to its sink, one write each."""
     for sink, bucket in zip(sinks, buckets, strict=True):
         if bucket:
@@ -88,7 +94,7 @@ def write_buckets(sinks: list[IO[bytes]], buckets: list[list[bytes]]) -> None:
 
 def distribute(
     source: IO[bytes],
-    sinks: list[IO[bytes]],
+    sinks: Sequence[Sink],
     sep: bytes,
     key_fields: int,
     stop: threading.Event | None = None,
@@ -119,8 +125,8 @@ def distribute(
 def _run_end(buf: bytes, lo: int, prefix: bytes) -> int:
     """Where the run of lines that start with `prefix` ends, in sorted `buf` (complete lines).
 
-    `lo` is the start of a line that starts with `prefix`. In bytewise-sorted
-    lines, those starting with one prefix are contiguous, so the run is found
+    `lo` is the start of a line that starts with `prefix` (a key and its separator). In
+    lines sorted by key, those starting with one such prefix are contiguous, so the run is found
     by galloping forward from `lo`, then bisecting, on line starts.
     """
     find, startswith = buf.find, buf.startswith
@@ -203,12 +209,12 @@ def split_sorted(
 
 def distribute_sorted(
     source: IO[bytes],
-    sinks: list[IO[bytes]],
+    sinks: Sequence[Sink],
     sep: bytes,
     key_fields: int,
     stop: threading.Event | None = None,
 ) -> int:
-    """`distribute` for input sorted bytewise on whole lines (`LC_ALL=C sort`): same result.
+    """`distribute` for input sorted by key (`sort_keys`, with `LC_ALL=C`): same result.
 
     Each sink receives its lines in input order, so its output is sorted too.
     """

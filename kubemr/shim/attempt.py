@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,10 +102,14 @@ class Attempt:
         env["LC_ALL"] = "C"
         return env
 
-    def check(self, proc: Proc, what: str) -> None:
-        """Raise TaskFailed if `proc` did not exit 0, quoting the tail of its stderr."""
+    def check(self, proc: Proc, what: str, reader: Proc | None = None) -> None:
+        """Raise TaskFailed if `proc` did not exit 0, quoting the tail of its stderr. Killed
+        by SIGPIPE is no failure when `reader`, the process reading its output, exited 0:
+        it stopped reading early (`head`), which ends a shell pipeline just as well."""
         code = proc.popen.returncode
         if code == 0:
+            return
+        if code == -signal.SIGPIPE and reader is not None and reader.popen.returncode == 0:
             return
         if code == exchange.EXECUTOR_FAILED and self.job.config.executor is not None:
             said = [x for x in self.log.tail_text(proc.label).splitlines() if "[kubemr] " in x]

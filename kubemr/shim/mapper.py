@@ -15,13 +15,13 @@ then stored under this attempt's own names.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import threading
 from typing import IO
 
 from kubemr import layout
-from kubemr.errors import TaskFailed
 from kubemr.partition import distribute_sorted
 from kubemr.plan import Split
 from kubemr.reporter import Counters
@@ -37,6 +37,7 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     partitions = job.partitions
     failure = Failure()
     procs: list[Proc] = []
+    readers: dict[int, Proc] = {}  # id of a process -> the process reading its output
     threads: list[threading.Thread] = []
     outputs: list[tuple[str, str]] = []  # (local file, storage URL)
     ranges = local_ranges(split, job.storage)
@@ -61,7 +62,10 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
         for p, local in enumerate(files):
             outputs.append((local, layout.map_run(workdir, att.task, att.number, p)))
         if partitions == 1:
-            procs.extend(_sort_and_combine(att, env, mapper.popen.stdout, files[0]))
+            chain = _sort_and_combine(att, env, mapper.popen.stdout, files[0])
+            procs.extend(chain)
+            for upstream, reader in itertools.pairwise(chain):
+                readers[id(upstream)] = reader
             mapper.popen.stdout.close()  # the sort owns the read end now
         else:
             sorter = att.proc(
@@ -91,8 +95,8 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
         att.log.close()
     att.check(mapper, mapper.label)
     failure.raise_if_any()
-    for proc in procs:
-        att.check(proc, proc.label)
+    for proc in reversed(procs):
+        att.check(proc, proc.label, readers.get(id(proc)))
     for local, url in outputs:
         job.storage(url).put_file(local, url)
     return att.log.counters
@@ -115,25 +119,49 @@ def _sort_and_combine(
         return [sorter, combiner]
 
 
+class CombineInput:
+    """A combine command's stdin, as the partitioner writes it. A command that stops reading
+    (`head`, at the end of a pipeline) gets no more of its partition, and no error: its own
+    exit status says whether the attempt failed."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self.pipe = pipe
+        self.closed_early = False
+
+    def write(self, data: bytes, /) -> int:
+        if not self.closed_early:
+            try:
+                self.pipe.write(data)
+            except BrokenPipeError:
+                self.closed_early = True
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self.pipe.close()
+        except BrokenPipeError:
+            pass
+
+
 def _partition_sinks(
     att: Attempt, env: dict[str, str], files: list[str], procs: list[Proc]
-) -> list[IO[bytes]]:
+) -> list[IO[bytes] | CombineInput]:
     """Where each partition's sorted lines go: its file, or its combine command's stdin."""
     combine = att.job.commands.combine
     if not combine:
         return [open(local, "wb") for local in files]  # closed by the partitioner
-    sinks: list[IO[bytes]] = []
+    sinks: list[IO[bytes] | CombineInput] = []
     for local in files:
         with open(local, "wb") as out:
             combiner = att.command("combine command", combine, env, subprocess.PIPE, out)
         procs.append(combiner)
         assert combiner.popen.stdin is not None
-        sinks.append(combiner.popen.stdin)
+        sinks.append(CombineInput(combiner.popen.stdin))
     return sinks
 
 
 def _start_partitioner(
-    att: Attempt, source: IO[bytes], sinks: list[IO[bytes]], failure: Failure
+    att: Attempt, source: IO[bytes], sinks: list[IO[bytes] | CombineInput], failure: Failure
 ) -> threading.Thread:
     """Split the sorted map output by partition, in a thread; it closes source and sinks."""
     sep = att.job.spec.separator.encode()
@@ -142,8 +170,6 @@ def _start_partitioner(
     def run() -> None:
         try:
             distribute_sorted(source, sinks, sep, fields, att.watch.cancel)
-        except BrokenPipeError:
-            failure.record(TaskFailed("a combine command stopped reading its partition"))
         except BaseException as exc:
             failure.record(exc)
         finally:

@@ -96,8 +96,10 @@ def run_reduce(att: Attempt, workdir: str, map_attempts: Sequence[int]) -> Count
         wait_all(procs, att.watch)
     finally:
         att.log.close()
-    for proc in procs:
-        att.check(proc, proc.label)
+    reducer = procs[0]
+    att.check(reducer, reducer.label)
+    for proc in procs[1:]:
+        att.check(proc, proc.label, reader=reducer)  # the merge, if the reduce stopped early
     url = layout.task_result(workdir, att.task, att.number)
     job.storage(url).put_file(local, url)
     return att.log.counters

@@ -182,6 +182,32 @@ def test_equal_keys_are_adjacent_whatever_bytes_keys_hold(kubemr: Kubemr, partit
         assert got == [b"a", b"a,0", b"a,1", b"a\x01x,5", b"a b,0", b"a b,1", b"b", b"b,2"]
 
 
+@pytest.mark.parametrize(
+    ("role", "partitions"),
+    [("map", 0), ("map", 2), ("combine", 1), ("combine", 2), ("reduce", 1), ("reduce", 3)],
+)
+def test_a_command_that_stops_reading_early_succeeds_in_every_role(
+    kubemr: Kubemr, role: str, partitions: int
+) -> None:
+    """`head -n 2` closes its stdin and exits 0, as at the end of a shell pipeline: what fed
+    it (the split, the sort, the partitioner, the merge) stopping on a broken pipe is not a
+    failure of the task. Enough data that every feeder is still writing when it stops."""
+    data = kubemr.tmp / "in.txt"
+    data.write_bytes(b"".join(b"k%05d\t%d\n" % (i % 5000, i) for i in range(400_000)))
+    commands = {"map": "cat", "combine": None, "reduce": "cat"}
+    commands[role] = "head -n 2"
+    spec = {k: v for k, v in commands.items() if v is not None and (k == "map" or partitions)}
+    if partitions:
+        spec["partitions"] = partitions
+    job = kubemr.job("early", inputs=["./in.txt"], splitSize="4Mi", **spec)
+    proc = kubemr("run", str(job), "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    got = results(kubemr.tmp / "out").splitlines()
+    maps = 2  # 5.5 MB in splits of 4 MiB
+    expected = {"map": 2 * maps, "combine": 2 * partitions * maps, "reduce": 2 * partitions}
+    assert len(got) == expected[role], got
+
+
 def test_gzip_and_opaque_inputs(kubemr: Kubemr) -> None:
     gz = kubemr.tmp / "words.txt.gz"
     with gzip.open(gz, "wb") as f:
