@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,14 +20,16 @@ from typing import Any
 
 from kubemr import layout, reporter, state
 from kubemr.cluster import locate, pod_logs
-from kubemr.errors import KubemrError, NotFound, RunError, SpecError
+from kubemr.errors import KubemrError, NotFound, RunError, RunMismatch, SpecError
 from kubemr.local import (
     LocalRun,
     check_inputs,
     check_output,
     prepare,
     read_manifest,
+    run_spec,
     runs_home,
+    spec_differences,
 )
 from kubemr.partition import sort_keys
 from kubemr.plan import load_plan
@@ -68,12 +71,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     prep = prepare(args.file, args.output, os.environ)
     run_dir = os.path.abspath(args.run_dir or os.path.join(runs_home(), prep.name))
     db = os.path.join(run_dir, "job.db")
+    again = f"kubemr run {shlex.quote(args.file)} --run-dir NEW-DIR"
     if os.path.exists(db):
         stored = SqliteStore(db).get()
-        if stored.get("spec", {}).get("inputs") != prep.manifest["spec"]["inputs"]:
-            raise RunError(
-                f"{run_dir} holds another job ({stored.get('metadata', {}).get('name')}); give a "
-                "new --run-dir, or the same manifest to resume it."
+        differ = spec_differences(stored.get("spec") or {}, run_spec(prep, run_dir))
+        if differ:
+            raise RunMismatch(
+                f"{run_dir} holds a run of {stored.get('metadata', {}).get('name')} whose "
+                f"{', '.join(differ[:4])} differ{'s' if len(differ) == 1 else ''} from "
+                f"{args.file}; a run resumes only the same job: start a new one with `{again}` "
+                "(or change metadata.name), or remove that directory."
             )
         try:
             state.current_stage(stored)
@@ -81,6 +88,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise RunError(
                 f"{run_dir} cannot be resumed: {exc}; start the job again with a new --run-dir."
             ) from exc
+        phase = state.phase_of(stored)
+        if phase in state.TERMINAL:
+            name = str(stored["metadata"]["name"])
+            _err(f"{name} already ran in {run_dir} and {phase.lower()}; to run it again: {again}")
+            return _report(stored, name, run_dir, 0.0, again=True)
         _err(f"resuming {run_dir}")
     else:
         check_inputs(prep.spec)
@@ -96,17 +108,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         doc = run.run()
     except KeyboardInterrupt:
-        _err(f"interrupted; resume with: kubemr run {args.file} --run-dir {run_dir}")
+        _err(
+            f"interrupted; resume with: kubemr run {shlex.quote(args.file)} "
+            f"--run-dir {shlex.quote(run_dir)}"
+        )
         return 130
     return _report(doc, name, run_dir, time.monotonic() - started)
 
 
-def _report(doc: dict[str, Any], name: str, run_dir: str, elapsed: float) -> int:
+def _report(
+    doc: dict[str, Any], name: str, run_dir: str, elapsed: float, again: bool = False
+) -> int:
     status = state.status_of(doc)
     if state.phase_of(doc) == state.SUCCEEDED:
         output = str(doc["spec"]["output"])
         shown = output.removeprefix("file://")
-        _err(f"{name} succeeded in {elapsed:.1f}s: {state.result_count(doc)} result file(s)")
+        took = "" if again else f" in {elapsed:.1f}s"
+        _err(f"{name} succeeded{took}: {state.result_count(doc)} result file(s)")
         for line in reporter.counters_block(status.get("counters") or {}):
             _err(line)
         print(shown)

@@ -16,6 +16,7 @@ puts it in `status.message`. Library errors are translated at the boundary
     │   └── JobNotFound         no such job
     ├── TaskFailed              a user command failed (exit code, timeout)
     └── RunError                a local run cannot start or continue
+        └── RunMismatch         the run directory holds another job (exit code 2)
 
 `TemporaryError` is mixed into errors that are worth retrying (a lost race, a
 503 from S3, a dropped connection); everything else is permanent.
@@ -83,3 +84,9 @@ class TaskFailed(KubemrError):
 
 class RunError(KubemrError):
     """A local run cannot start or continue."""
+
+
+class RunMismatch(RunError):
+    """The run directory holds a run of another job (or of this one, changed)."""
+
+    exit_code = 2

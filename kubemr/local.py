@@ -117,6 +117,27 @@ def prepare(path: str, output: str | None, env: Mapping[str, str]) -> Prepared:
     return Prepared(manifest, parse_manifest(manifest), str(name))
 
 
+def run_spec(prep: Prepared, run_dir: str) -> dict[str, Any]:
+    """The spec a run of `prep` in `run_dir` keeps (its output defaulted as `create` does)."""
+    spec = dict(prep.manifest["spec"])
+    spec.setdefault("output", to_url(os.path.join(run_dir, "output"), run_dir))
+    return spec
+
+
+def spec_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The fields in which two specs differ, as `spec.map`, `spec.files.map.sh`."""
+    out: list[str] = []
+    for key in sorted(set(stored) | set(new)):
+        a, b = stored.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(f"spec.{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        else:
+            out.append(f"spec.{key}")
+    return out
+
+
 def _suffix() -> str:
     alphabet = "bcdfghjklmnpqrstvwxz2456789"
     return "".join(secrets.choice(alphabet) for _ in range(5))

@@ -83,10 +83,13 @@ def pgrep(pattern: str) -> list[str]:
 def test_a_worker_that_cannot_start_is_one_clear_sentence(kubemr: Kubemr) -> None:
     """Resuming a run whose logs directory became a file: a sentence, not an internal error."""
     (kubemr.tmp / "in.txt").write_bytes(b"a\n")
-    job = kubemr.job("nolog", inputs=["./in.txt"], map="cat")
+    job = kubemr.job("nolog", inputs=["./in.txt"], map="sleep 60; cat")
     run_dir = kubemr.tmp / "run"
-    first = kubemr("run", str(job), "-w", "1", "-q", "--run-dir", str(run_dir))
-    assert first.returncode == 0, first.stderr
+    first = kubemr.popen("run", str(job), "-w", "1", "-q", "--run-dir", str(run_dir))
+    wait_for(lambda: running_task(run_dir), what="a running map task")
+    first.kill()  # the run is left unfinished
+    first.wait()
+    wait_for(lambda: not worker_pids(under=kubemr.tmp), timeout=30, what="the worker to exit")
     shutil.rmtree(run_dir / "logs")
     (run_dir / "logs").write_text("not a directory\n")
     again = kubemr("run", str(job), "-w", "1", "-q", "--run-dir", str(run_dir))

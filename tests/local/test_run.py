@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, Kubemr, read_doc, results, sh, tasks, unique_seconds
@@ -395,3 +396,35 @@ def test_replay_of_an_input_that_is_gone_says_so_in_one_line(kubemr: Kubemr) -> 
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "in.txt" in proc.stderr.splitlines()[-1]
+
+
+def test_a_run_resumes_only_the_same_job(kubemr: Kubemr) -> None:
+    """A run directory keeps its job: running a changed manifest (command, partitions,
+    another output) against it is refused naming what changed, and running the same
+    manifest again after it finished says it finished and how to run it again."""
+    (kubemr.tmp / "in.txt").write_text("b a\na\n")
+    first = kubemr.job(
+        "same", inputs=["./in.txt"], map="tr ' ' '\\n'", reduce="uniq -c", partitions=2
+    )
+    out = kubemr.tmp / "out"
+    done = kubemr("run", str(first), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    before = results(out)
+    again = kubemr("run", str(first), "-o", str(out))
+    assert again.returncode == 0 and "already ran" in again.stderr
+    assert "--run-dir NEW-DIR" in again.stderr and again.stdout.strip() == str(out)
+    changes: list[tuple[dict[str, Any], list[str], str]] = [
+        ({"map": "cat"}, [], "spec.map"),
+        ({"partitions": 3}, [], "spec.partitions"),
+        ({}, ["-o", str(kubemr.tmp / "elsewhere")], "spec.output"),
+    ]
+    for change, extra, named in changes:
+        spec = {"inputs": ["./in.txt"], "map": "tr ' ' '\\n'", "reduce": "uniq -c", "partitions": 2}
+        spec.update(change)
+        job = kubemr.job("same", **spec)
+        proc = kubemr("run", str(job), *(extra or ["-o", str(out)]))
+        assert proc.returncode == 2, proc.stderr
+        assert named in proc.stderr and "start a new one" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert results(out) == before
+    assert not (kubemr.tmp / "elsewhere").exists()
