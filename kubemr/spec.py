@@ -347,6 +347,8 @@ def _opt_str(obj: Mapping[str, Any], key: str, prefix: str) -> str | None:
 
 
 def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return f"the boolean {value!r}".lower()
     if isinstance(value, (int, float)):
@@ -500,6 +502,11 @@ def _env(value: Any) -> dict[str, str]:
             )
         if isinstance(text, bool) or not isinstance(text, (str, int, float)):
             raise SpecError(f"spec.env.{key} must be a string, got {_describe(text)}.")
+        if "\0" in str(text):
+            raise SpecError(
+                f"spec.env.{key} holds a NUL character, which no environment variable can "
+                "hold; remove it."
+            )
         out[key] = str(text)
     return out
 

@@ -591,6 +591,9 @@ class Worker:
             out.error = f"{what}{exc}"
         except OSError as exc:
             out.error = f"{what}{exc.strerror or exc}"
+        except Exception as exc:  # a bug here must fail the attempt, saying so, not the worker
+            log.exception("%s attempt %d: internal error", task.name, attempt_no)
+            out.error = f"{what}internal error: {type(exc).__name__}: {exc}"
         finally:
             cancel.set()
             watcher.join()

@@ -172,3 +172,23 @@ def test_a_refused_write_fails_the_job_saying_why(tmp_path: Path) -> None:
     doc = SqliteStore(db).get()
     assert doc["status"]["phase"] == "Failed"
     assert "refused it as too large" in doc["status"]["message"]
+
+
+class Buggy(DataPath):
+    """A data path with a bug: every map attempt raises an error kubemr does not expect."""
+
+    def run(self, job: Any, doc: Any, task: state.Task, attempt: int, watch: Any) -> Result:
+        if task.stage == "map":
+            raise ValueError("embedded null byte")
+        return super().run(job, doc, task, attempt, watch)
+
+
+def test_an_internal_error_fails_the_attempt_saying_so_not_the_lease(tmp_path: Path) -> None:
+    run_dir, _ = make_job(tmp_path, "buggy", maxAttempts=2)
+    db = str(run_dir / "job.db")
+    run_workers(run_dir, [SqliteStore(db)], runner=Buggy)
+    status = SqliteStore(db).get()["status"]
+    assert status["phase"] == "Failed"
+    assert "failed 2 of 2 attempts" in status["message"]
+    assert "internal error: ValueError: embedded null byte" in status["message"]
+    assert "lease" not in status["message"]

@@ -314,6 +314,8 @@ BAD_SPECS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("env name with =", {"env": {"A=B": "x"}}, ["spec.env", "A=B"]),
     ("env name newline", {"env": {"A\n": "x"}}, ["spec.env", "not a valid"]),
     ("env bool value", {"env": {"A": True}}, ["spec.env.A", "string"]),
+    ("env NUL", {"env": {"A": "x\0y"}}, ["spec.env.A", "NUL"]),
+    ("env null", {"env": {"A": None}}, ["spec.env.A", "got null"]),
     ("env list value", {"env": {"A": [1]}}, ["spec.env.A", "list"]),
     ("env null value", {"env": {"A": None}}, ["spec.env.A"]),
     # output
