@@ -25,6 +25,7 @@ from kubemr.local import (
     LocalRun,
     check_inputs,
     check_output,
+    lock_run,
     prepare,
     read_manifest,
     run_spec,
@@ -73,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     db = os.path.join(run_dir, "job.db")
     again = f"kubemr run {shlex.quote(args.file)} --run-dir NEW-DIR"
     if os.path.exists(db):
+        lock_run(run_dir)
         stored = SqliteStore(db).get()
         differ = spec_differences(stored.get("spec") or {}, run_spec(prep, run_dir))
         if differ:
@@ -100,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if output is not None:
             check_output(output, prep.spec)
         LocalRun.create(prep, run_dir)
+        lock_run(run_dir)
     run = LocalRun(run_dir, workers, quiet=args.quiet)
     name = str(run.store.get()["metadata"]["name"])
     if not args.quiet:

@@ -14,6 +14,7 @@ that already holds results) is checked before anything starts.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import signal
@@ -158,6 +159,29 @@ def check_output(output: str, spec: JobSpec) -> None:
                 f"the output {output} already holds results ({name}); remove them or give "
                 "another --output."
             )
+
+
+def lock_run(run_dir: str) -> int:
+    """Hold `<run dir>/run.lock` for as long as this process runs the job (the lock goes with
+    the process, however it ends); returns the file descriptor. Raises RunError naming the
+    process that holds it, so that a second `kubemr run` never takes over live tasks."""
+    path = os.path.join(run_dir, "run.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunError(f"cannot open {path}: {exc.strerror or exc}.") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunError(
+            f"{run_dir} is being run by process {holder}; wait for it to end, or stop it "
+            f"(Ctrl-C in its terminal, or kill {holder}) and run this again to resume."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 class LocalRun:

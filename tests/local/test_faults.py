@@ -241,3 +241,21 @@ def test_a_dead_workers_tasks_go_back_at_once_not_after_its_lease(kubemr: Kubemr
     assert sorted(results(kubemr.tmp / "out").splitlines(keepends=True)) == expected_output(
         kubemr.tmp / "in"
     )
+
+
+def test_a_second_run_of_a_live_run_is_refused(kubemr: Kubemr) -> None:
+    """`kubemr run` of a run directory that another `kubemr run` is running takes nothing
+    over: it says who runs it and exits, and the first finishes as if alone."""
+    data = make_inputs(kubemr.tmp, 3)
+    job = kubemr.job("twice", inputs=["./in/"], map="sleep 2; cat", splitSize="1Ki")
+    first = kubemr.popen("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    run_dir = kubemr.run_dir("twice")
+    wait_for(lambda: running_task(run_dir), what="a running map task")
+    second = kubemr("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"), timeout=30)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"being run by process {first.pid}" in second.stderr, second.stderr
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert sorted(results(kubemr.tmp / "out").splitlines(keepends=True)) == expected_output(data)
+    doc = read_doc(run_dir)
+    assert all(e["a"] == 1 for e in tasks(doc))  # nothing was taken over
