@@ -26,8 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubemr import layout, state
-from kubemr.errors import InputError, KubemrError, RunError, SpecError
+from kubemr import output as output_checks
+from kubemr import state
+from kubemr.errors import KubemrError, RunError, SpecError
 from kubemr.plan import classify, list_inputs
 from kubemr.progress import Progress
 from kubemr.shim import exchange
@@ -152,13 +153,11 @@ def check_inputs(spec: JobSpec) -> int:
 
 
 def check_output(output: str, spec: JobSpec) -> None:
-    storage = storage_for(output, StorageConfig(spec.storage.endpoint, spec.storage.region))
-    for name in (layout.SUCCESS, "part-r-00000", "part-m-00000"):
-        if storage.exists(layout.output_url(output, name)):
-            raise InputError(
-                f"the output {output} already holds results ({name}); remove them or give "
-                "another --output."
-            )
+    """Refuse an output that cannot take this job's results (see `kubemr.output`)."""
+    config = StorageConfig(spec.storage.endpoint, spec.storage.region)
+    output_checks.check_output(
+        output, spec.inputs, lambda url: storage_for(url, config), "give another --output"
+    )
 
 
 def lock_run(run_dir: str) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemr import layout
-from kubemr.errors import InputError
+from kubemr.output import check_output
 from kubemr.plan import dump_plan, plan_splits
 from kubemr.shim.job import Job
 
@@ -27,15 +27,8 @@ class Planned:
 
 
 def check_output_free(job: Job) -> None:
-    """Refuse to write into an output that already holds results (as Hadoop does)."""
-    output = job.output
-    storage = job.storage(output)
-    for name in (layout.SUCCESS, "part-r-00000", "part-m-00000"):
-        if storage.exists(layout.output_url(output, name)):
-            raise InputError(
-                f"the output {output} already holds results ({name}); remove them or choose "
-                "another output."
-            )
+    """Refuse an output that cannot take the job's results (see `kubemr.output`)."""
+    check_output(job.output, job.spec.inputs, job.storage, "choose another spec.output")
 
 
 def run_plan(job: Job, doc: Mapping[str, Any], attempt: int) -> Planned:

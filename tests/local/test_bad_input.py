@@ -408,3 +408,32 @@ def test_a_run_left_by_an_older_kubemr_is_refused_not_hung_on(kubemr: Kubemr) ->
     again = kubemr("run", str(job), "--run-dir", str(run_dir), timeout=30)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert "cannot be resumed" in again.stderr and "new --run-dir" in again.stderr
+
+
+def test_outputs_that_cannot_take_the_results_are_refused_before_anything_runs(
+    kubemr: Kubemr,
+) -> None:
+    """An output inside an input directory (the next run would count these results too), an
+    output that is a file or cannot be written, and one that holds a stale part of an
+    earlier run: each refused with exit code 2 and one sentence, before any worker starts."""
+    data = kubemr.tmp / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("x y\n")
+    (kubemr.tmp / "a-file").write_text("not a directory\n")
+    stale = kubemr.tmp / "stale"
+    stale.mkdir()
+    (stale / "part-r-00007").write_text("old\n")
+    cases = {
+        str(data / "counts"): "lies inside the input",
+        str(kubemr.tmp / "a-file"): "is a file",
+        str(kubemr.tmp / "a-file" / "out"): "cannot be written",
+        str(stale): "already holds results (part-r-00007)",
+    }
+    job = kubemr.job("outs", inputs=["./data/"], map="cat", reduce="cat")
+    for output, said in cases.items():
+        proc = kubemr("run", str(job), "-o", output)
+        assert proc.returncode == 2, (output, proc.stderr)
+        assert said in proc.stderr and "--output" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list((kubemr.home / "runs").glob("*/job.db"))  # nothing started
+    assert (stale / "part-r-00007").read_text() == "old\n"

@@ -79,8 +79,7 @@ def test_sigkill_worker_mid_task_loses_nothing(kubemr: Kubemr, batch: str) -> No
         "run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"), env={"KUBEMR_BATCH": batch}
     )
     run_dir = kubemr.run_dir("killed")
-    index, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
-    pid = wait_for(lambda: worker_pids(entry["h"]).get(entry["h"]), what="the worker's pid")
+    index, _, pid = freeze_a_holder(run_dir)  # so it still holds the task when killed
     os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -110,6 +109,22 @@ def freeze_outside_a_write(pid: int) -> None:
     raise AssertionError(f"worker {pid} held a write lock at every try")
 
 
+def freeze_a_holder(run_dir: Path) -> tuple[int, dict[str, Any], int]:
+    """Freeze the worker of a running map task; (task, its entry, the worker's pid). The
+    task may finish between reading the job and the freeze: then the worker is let go and
+    another is tried, so the frozen worker still holds the task it was frozen for."""
+    for _ in range(20):
+        index, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
+        holder = str(entry["h"])
+        pid = wait_for(lambda h=holder: worker_pids(h).get(h), what="the worker's pid")
+        freeze_outside_a_write(pid)
+        now = tasks(read_doc(run_dir))[index]
+        if now["s"] == "r" and now["h"] == entry["h"] and now["a"] == entry["a"]:
+            return index, entry, pid
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError("no worker could be frozen while it held a task")
+
+
 @BATCHES
 def test_frozen_worker_whose_lease_was_taken_cannot_commit(kubemr: Kubemr, batch: str) -> None:
     make_inputs(kubemr.tmp, 4)
@@ -118,9 +133,7 @@ def test_frozen_worker_whose_lease_was_taken_cannot_commit(kubemr: Kubemr, batch
         "run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"), env={"KUBEMR_BATCH": batch}
     )
     run_dir = kubemr.run_dir("zombie")
-    index, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
-    pid = wait_for(lambda: worker_pids(entry["h"]).get(entry["h"]), what="the worker's pid")
-    freeze_outside_a_write(pid)
+    index, entry, pid = freeze_a_holder(run_dir)
     try:
         # Another worker takes the task over once the frozen worker's lease expires, and commits.
         def redone() -> bool:
@@ -232,8 +245,7 @@ def test_a_dead_workers_tasks_go_back_at_once_not_after_its_lease(kubemr: Kubemr
         env={"KUBEMR_LEASE_SECONDS": "60"},
     )
     run_dir = kubemr.run_dir("dead")
-    _, entry = wait_for(lambda: running_task(run_dir), what="a running map task")
-    pid = wait_for(lambda: worker_pids(entry["h"]).get(entry["h"]), what="the worker's pid")
+    _, _, pid = freeze_a_holder(run_dir)
     os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
