@@ -168,8 +168,18 @@ def _object_path(url: str) -> str:
 
 
 def _walk(root: str) -> Iterator[tuple[str, int]]:
-    """(path relative to root, size) of every file under root, skipping writes in progress."""
-    for directory, _dirs, files in os.walk(root):
+    """(path relative to root, size) of every file under root, skipping writes in progress.
+
+    A directory or file that cannot be read raises StorageError, so that no input is
+    skipped in silence; unless its name, or a directory above it, starts with `_` or `.`:
+    every reader of kubemr skips those (as Hadoop does), readable or not."""
+
+    def unreadable(exc: OSError) -> None:
+        path = str(exc.filename or root)
+        if not _hidden(os.path.relpath(path, root)):
+            raise StorageError(f"cannot read the directory {path}: {exc.strerror or exc}.")
+
+    for directory, _dirs, files in os.walk(root, onerror=unreadable):
         for name in files:
             if name.startswith(TEMP_PREFIX):
                 continue
@@ -179,7 +189,14 @@ def _walk(root: str) -> Iterator[tuple[str, int]]:
             except FileNotFoundError:  # deleted while walking, or a dangling link
                 continue
             if _is_file(info.st_mode):
-                yield os.path.relpath(full, root), info.st_size
+                relative = os.path.relpath(full, root)
+                if not os.access(full, os.R_OK) and not _hidden(relative):
+                    raise StorageError(f"cannot read {full}: permission denied.")
+                yield relative, info.st_size
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in relative.split(os.sep) if part != ".")
 
 
 def _is_file(mode: int) -> bool:

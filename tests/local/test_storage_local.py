@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,39 +115,75 @@ def test_a_directory_is_not_an_object(local: LocalStorage, tmp_path: Path) -> No
     assert not local.exists(url_of(tmp_path / "dir"))
 
 
+def as_nobody(action: Callable[[], object]) -> str:
+    """What `action` raised (as StorageError), or "it succeeded", run as user nobody.
+
+    Root reads anything, so the action runs in a forked child that became user nobody (a
+    fork needs no access to the checkout, wherever it lies)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, act, report, exit without cleanup
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                action()
+                message = "it succeeded"
+            except StorageError as exc:
+                message = str(exc)
+            os.write(write_end, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
 def test_unreadable_files_give_one_clear_sentence(local: LocalStorage) -> None:
-    """Root reads anything, so as root the read runs in a forked child that became user
-    nobody (a fork needs no access to the checkout, wherever it lies)."""
     folder = Path(tempfile.mkdtemp(prefix="kubemr-perm-"))
     try:
         folder.chmod(0o755)
         path = folder / "secret"
         path.write_bytes(b"x")
         path.chmod(0)
-        url = url_of(path)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: drop root, read, report, exit without cleanup
-            try:
-                os.close(read_end)
-                if os.geteuid() == 0:
-                    os.setgroups([])
-                    os.setgid(65534)
-                    os.setuid(65534)
-                try:
-                    local.get_bytes(url)
-                    message = "the read succeeded"
-                except StorageError as exc:
-                    message = str(exc)
-                os.write(write_end, message.encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            message = pipe.read().decode()
-        os.waitpid(pid, 0)
+        message = as_nobody(lambda: local.get_bytes(url_of(path)))
         assert "permission denied" in message.lower(), message
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_listing_refuses_what_it_cannot_read_but_hidden_names(local: LocalStorage) -> None:
+    """An unreadable subdirectory or file of an input directory would be skipped, or found
+    only when a task reads it: listing says so at once. Names starting with `_` or `.` are
+    skipped by every reader, so they may be unreadable."""
+    folder = Path(tempfile.mkdtemp(prefix="kubemr-perm-"))
+    try:
+        folder.chmod(0o755)
+        (folder / "ok.txt").write_text("x\n")
+        for hidden in ("_logs", ".cache"):
+            (folder / hidden).mkdir()
+            (folder / hidden).chmod(0)
+        (folder / "_secret.txt").write_text("x\n")
+        (folder / "_secret.txt").chmod(0)
+        url = url_of(folder) + "/"
+        assert as_nobody(lambda: local.list(url)) == "it succeeded"
+        (folder / "locked").mkdir()
+        (folder / "locked").chmod(0)
+        message = as_nobody(lambda: local.list(url))
+        assert "cannot read the directory" in message and "locked" in message, message
+        (folder / "locked").chmod(0o755)
+        (folder / "data.txt").write_text("x\n")
+        (folder / "data.txt").chmod(0)
+        message = as_nobody(lambda: local.list(url))
+        assert "cannot read" in message and "data.txt" in message, message
+    finally:
+        for p in folder.rglob("*"):
+            p.chmod(0o755)
         shutil.rmtree(folder, ignore_errors=True)
 
 
