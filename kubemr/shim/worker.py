@@ -50,6 +50,11 @@ from kubemr.store.writes import Backoff, Writer
 log = logging.getLogger("kubemr.shim")
 
 MAX_STORE_ERRORS = 30
+#: After a temporary failure (storage or network briefly away) a worker waits before its
+#: next claim, doubling from this up to TEMPORARY_PAUSE_CAP, so a restarting S3 server does
+#: not use up a task's temporary failures in the seconds it is away.
+TEMPORARY_PAUSE = 0.5
+TEMPORARY_PAUSE_CAP = 30.0
 #: About how many seconds of work one claim should hold: enough tasks that claims are few
 #: when tasks are short, and one task at a time when tasks are long (a long claim would
 #: keep its tasks from others, and a failure or a lost worker costs more of them).
@@ -241,6 +246,9 @@ class Worker:
         self._claim_no = 1
         #: How long this worker's map and reduce tasks take, a moving average.
         self._task_seconds: float | None = None
+        #: Temporary failures in a row, and until when the next claim waits because of them.
+        self._temporary_streak = 0
+        self._pause_until = 0.0
 
     def _seen(self, doc: Doc) -> None:
         self.clock.see(doc, time.monotonic())
@@ -281,6 +289,10 @@ class Worker:
                     wait = MAX_WAIT_SECONDS if wait is None else min(wait + 0.05, MAX_WAIT_SECONDS)
                     doc = self.store.changed(doc, self._idle(wait))
                     errors = 0
+                    continue
+                if isinstance(action, state.Claim) and now < self._pause_until:
+                    self.stopping.wait(self._pause_until - now)
+                    doc = self.store.latest()
                     continue
                 doc, won = self._take(doc, action)
                 errors = 0
@@ -456,6 +468,7 @@ class Worker:
         return doc
 
     def _took(self, seconds: float) -> None:
+        self._temporary_streak = 0
         old = self._task_seconds
         self._task_seconds = seconds if old is None else 0.7 * old + 0.3 * seconds
 
@@ -497,6 +510,12 @@ class Worker:
         w = keeper.w + 1
         counters = keeper.counters(index)
         error = out.error
+        if out.temporary:
+            self._temporary_streak += 1
+            pause = min(TEMPORARY_PAUSE_CAP, TEMPORARY_PAUSE * 2 ** (self._temporary_streak - 1))
+            pause *= self._rng.uniform(0.8, 1.2)
+            self._pause_until = time.monotonic() + pause
+            log.info("a temporary failure: waiting %.1fs before the next claim", pause)
 
         def build(doc: Doc) -> state.Patch:
             patch, _ = state.fail_attempt(

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kubemr import state
-from kubemr.errors import Refused, TemporaryError
+from kubemr.errors import Refused, TemporaryError, TemporaryStorageError
 from kubemr.local import LocalRun, prepare
 from kubemr.shim import config as shim_config
 from kubemr.shim.tasks import DataPath, Result
@@ -192,3 +193,29 @@ def test_an_internal_error_fails_the_attempt_saying_so_not_the_lease(tmp_path: P
     assert "failed 2 of 2 attempts" in status["message"]
     assert "internal error: ValueError: embedded null byte" in status["message"]
     assert "lease" not in status["message"]
+
+
+class StorageAway(DataPath):
+    """Stands in for an S3 server that restarts: for its first seconds every map attempt
+    cannot reach storage (a temporary failure, as kubemr.storage.s3 reports one)."""
+
+    until = 0.0
+
+    def run(self, job: Any, doc: Any, task: state.Task, attempt: int, watch: Any) -> Result:
+        if task.stage == "map" and time.monotonic() < StorageAway.until:
+            raise TemporaryStorageError("Could not reach S3 to read s3://b/plan.json.")
+        return super().run(job, doc, task, attempt, watch)
+
+
+def test_storage_away_for_seconds_fails_no_task(tmp_path: Path) -> None:
+    """A worker waits longer after each temporary failure (0.5 s, doubling), so seconds of
+    storage outage cost a task a few temporary failures, not all ten and then its attempts."""
+    run_dir, output = make_job(tmp_path, "away", maxAttempts=2)
+    db = str(run_dir / "job.db")
+    StorageAway.until = time.monotonic() + 4.0
+    run_workers(run_dir, [SqliteStore(db)], runner=StorageAway)
+    doc = SqliteStore(db).get()
+    assert doc["status"]["phase"] == "Succeeded", doc["status"].get("message")
+    st = state.stage_of(doc, "map")
+    assert st is not None and not st.fails
+    assert (output / "_SUCCESS").exists()
