@@ -622,7 +622,7 @@ class Bench:
             "metadata": {"generateName": f"proto-{tasks}-", "namespace": self.namespace},
             "spec": {
                 "replicas": self.workers,
-                "inputs": [f"{tasks} no-op tasks"],
+                "inputs": [f"opaque:{tasks} no-op tasks"],
                 "map": "true",
                 "output": "s3://unused/out/",
             },

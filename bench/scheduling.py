@@ -3,7 +3,7 @@
     .venv/bin/python bench/scheduling.py [--tasks 64] [--sleep 0.25] [--workers 1,2,4,8]
                                          [--mode wrapper|sidecar]
 
-A map-only job whose inputs are opaque strings (`task-0` ... `task-63`, one
+A map-only job whose inputs are opaque strings (`opaque:task-0` ... `task-63`, one
 map task each) and whose map command is `sleep 0.25` does no work, so every
 millisecond beyond `tasks * sleep / workers` is kubemr's: starting workers,
 claiming tasks, starting the command, noticing it ended, committing, and
@@ -94,7 +94,7 @@ def read_logs(logs: Path, sleep: float) -> tuple[float, float, float, int]:
 
 def job_manifest(path: Path, tasks: int, sleep: float, mode: str = "wrapper") -> None:
     spec = {
-        "inputs": [f"task-{i}" for i in range(tasks)],
+        "inputs": [f"opaque:task-{i}" for i in range(tasks)],
         "map": f"sleep {sleep:g}",
         "mode": mode,
     }

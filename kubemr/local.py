@@ -28,12 +28,12 @@ from typing import Any
 
 from kubemr import output as output_checks
 from kubemr import state
-from kubemr.errors import KubemrError, RunError, SpecError
-from kubemr.plan import classify, list_inputs
+from kubemr.errors import InputError, KubemrError, RunError, SpecError
+from kubemr.plan import list_inputs
 from kubemr.progress import Progress
 from kubemr.shim import exchange
 from kubemr.shim.process import kill_registered
-from kubemr.spec import SIDECAR, JobSpec, load_manifest, parse_manifest
+from kubemr.spec import SIDECAR, JobSpec, load_manifest, opaque_text, parse_manifest, scheme_of
 from kubemr.storage import storage_for, to_url
 from kubemr.storage.base import StorageConfig
 from kubemr.store.sqlite import SqliteStore
@@ -88,12 +88,19 @@ def read_manifest(path: str) -> dict[str, Any]:
 
 
 def resolve_input(item: str, base: str) -> str:
-    """A path (absolute, ./relative, ~, or existing relative to the manifest) becomes file://."""
-    if classify(item) is not None:
-        return to_url(item, base) if item.startswith("/") else item
-    if item.startswith(("./", "../", "~")) or os.path.exists(os.path.join(base, item)):
-        return to_url(item, base)
-    return item
+    """A path (absolute, relative to the manifest's directory, or ~) becomes file://; URLs and
+    `opaque:TEXT` stay as they are. A path that does not exist is refused here, with the rule."""
+    if opaque_text(item) is not None or scheme_of(item) is not None:
+        return item
+    url = to_url(item, base)
+    if not os.path.lexists(url[len("file://") :].rstrip("/") or "/"):
+        where = "" if item.startswith(("/", "~")) else f" (no {url[len('file://') :]})"
+        raise InputError(
+            f"input {item} does not exist{where}; check the path (relative paths are taken from "
+            f"the manifest's directory), or write opaque:{item} to hand the string to the map "
+            "command as-is."
+        )
+    return url
 
 
 def prepare(path: str, output: str | None, env: Mapping[str, str]) -> Prepared:

@@ -1,9 +1,10 @@
 """Inputs -> splits -> map tasks.
 
-An input is a string, as in the original kubemr: a URL (`s3://`, `file://`,
-`http(s)://`) or an absolute path names data; a prefix or directory means
-every object under it (names starting with `_` or `.` skipped, as Hadoop
-does); any other string is handed to the map command as-is.
+An input is a string: a URL (`s3://`, `file://`, `http(s)://`) or an
+absolute path names data (relative paths are made absolute before planning,
+against the manifest's directory); a prefix or directory means every object
+under it (names starting with `_` or `.` skipped, as Hadoop does). An input
+written `opaque:TEXT` is no data: TEXT is handed to the map command as-is.
 
 Data is cut into splits of at most `split_size` bytes. A large object is cut
 into equal byte ranges; the reader (`read_split`) moves each range's ends to
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemr.errors import InputError, NotFound, StorageError
-from kubemr.spec import KNOWN_SCHEMES, scheme_of
+from kubemr.spec import KNOWN_SCHEMES, OPAQUE, opaque_text, scheme_of
 from kubemr.storage.base import ObjectInfo, Storage
 
 CHUNK = 1024 * 1024
@@ -86,13 +87,23 @@ class Split:
 
 
 def classify(item: str) -> str | None:
-    """The URL an input names, or None when it is an opaque string for the map command."""
+    """The URL an input names, or None when it is `opaque:TEXT` for the map command."""
+    if opaque_text(item) is not None:
+        return None
     scheme = scheme_of(item)
     if scheme in KNOWN_SCHEMES:
         return item
+    if scheme is not None:
+        raise InputError(
+            f"input {item} has the unknown scheme {scheme}://; use s3:// or http(s)://."
+        )
     if item.startswith("/"):
         return "file://" + item
-    return None
+    raise InputError(
+        f"input {item} is a relative path, which only `kubemr run` resolves (against the "
+        f"manifest's directory); give an absolute path or a URL, or write opaque:{item} to hand "
+        "the string to the map command as-is."
+    )
 
 
 def _hidden(url: str, root: str) -> bool:
@@ -109,7 +120,7 @@ def list_inputs(inputs: tuple[str, ...], lister: Lister) -> list[ObjectInfo | st
     for item in inputs:
         url = classify(item)
         if url is None:
-            out.append(item)
+            out.append(item[len(OPAQUE) :])
             continue
         try:
             found = lister(url)

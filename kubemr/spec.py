@@ -97,6 +97,9 @@ _UNITS = {
 }
 
 KNOWN_SCHEMES = ("s3", "file", "http", "https")
+# An input written `opaque:TEXT` hands TEXT to the map command as-is; every other
+# input that is not a URL is a path, which must exist (so a mistyped path is an error).
+OPAQUE = "opaque:"
 #: How a worker pod runs the user's commands: in the kubemr image itself (`wrapper`), or in
 #: any image with /bin/sh next to a kubemr sidecar that moves the data (`sidecar`).
 WRAPPER, SIDECAR = "wrapper", "sidecar"
@@ -316,6 +319,11 @@ def parse_spec(
     )
 
 
+def opaque_text(item: str) -> str | None:
+    """TEXT of an input written `opaque:TEXT`, or None for a URL or path."""
+    return item[len(OPAQUE) :] if item.startswith(OPAQUE) else None
+
+
 def scheme_of(url: str) -> str | None:
     """The lower-case scheme of `scheme://...`, or None for anything else."""
     m = _SCHEME.match(url)
@@ -409,7 +417,7 @@ def _inputs(value: Any) -> tuple[str, ...]:
     if value is None:
         raise SpecError(
             "spec.inputs is missing; list at least one input (a path, s3://, http(s):// URL, "
-            "or any string for the map command)."
+            "or opaque:TEXT to hand TEXT to the map command)."
         )
     if isinstance(value, str):
         if not value.isprintable() or len(value) > 200:
@@ -437,7 +445,7 @@ def _inputs(value: Any) -> tuple[str, ...]:
         if scheme is not None and scheme not in KNOWN_SCHEMES:
             raise SpecError(
                 f"spec.inputs[{i}] has the unknown scheme {scheme}://; use s3://, http(s)://, "
-                "file:// or a path, or a string without '://' to pass it to the map command as-is."
+                "file:// or a path, or write opaque:TEXT to hand TEXT to the map command as-is."
             )
         out.append(item)
     return tuple(out)

@@ -29,7 +29,7 @@ from typing import Any
 from kubemr import state
 from kubemr.errors import SpecError
 from kubemr.operator.desired import OperatorSettings, desired_objects
-from kubemr.spec import JobSpec, parse_manifest
+from kubemr.spec import JobSpec, opaque_text, parse_manifest, scheme_of
 
 DEPLOY_LEASE_SECONDS = 60
 #: Pod waiting reasons that mean a pod will never start by itself.
@@ -75,10 +75,11 @@ def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
             f"got {spec.output!r}."
         )
     for i, item in enumerate(spec.inputs):
-        if item.startswith(("file://", "/", "./", "../", "~")):
+        if opaque_text(item) is None and scheme_of(item) in (None, "file"):
             raise SpecError(
                 f"spec.inputs[{i}] is a local path ({item}); pods cannot read your disk: give an "
-                "s3:// URL, or submit with `kubemr submit --upload` to copy it to S3 first."
+                "s3:// URL, or submit with `kubemr submit --upload` to copy it to S3 first (a "
+                f"string meant for the map command as-is is written opaque:{item})."
             )
     return spec
 

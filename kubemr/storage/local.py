@@ -63,6 +63,12 @@ class LocalStorage(Storage):
         if os.path.isfile(path) and not url.endswith("/"):
             return [self.stat(url)]
         if not os.path.isdir(path):
+            if os.path.exists(path):
+                raise StorageError(
+                    f"{url} is {_kind(os.stat(path).st_mode)}, not a file or directory; inputs "
+                    "are read more than once (to plan, and again on a retry), so save the data "
+                    "to a file and give that."
+                )
             raise NotFound(f"Nothing exists at {url}.")
         base = url if url.endswith("/") else url + "/"
         found = [
@@ -197,6 +203,14 @@ def _walk(root: str) -> Iterator[tuple[str, int]]:
 
 def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split(os.sep) if part != ".")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def _is_file(mode: int) -> bool:

@@ -48,7 +48,12 @@ def test_killed_and_frozen_workers_lose_nothing_and_commit_nothing_twice(
             "apiVersion": "kubemr.io/v1alpha1",
             "kind": "MapReduceJob",
             "metadata": {"name": name},
-            "spec": {"replicas": WORKERS, "inputs": ["x"], "map": "true", "output": "s3://u/o/"},
+            "spec": {
+                "replicas": WORKERS,
+                "inputs": ["opaque:x"],
+                "map": "true",
+                "output": "s3://u/o/",
+            },
         },
     )
     kube.patch_job_status(

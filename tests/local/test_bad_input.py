@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -437,3 +438,42 @@ def test_outputs_that_cannot_take_the_results_are_refused_before_anything_runs(
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list((kubemr.home / "runs").glob("*/job.db"))  # nothing started
     assert (stale / "part-r-00007").read_text() == "old\n"
+
+
+@pytest.mark.parametrize("item", ["data/missing.txt", "missing.txt", "./data/nope/", "/none/x"])
+def test_a_mistyped_path_is_refused_before_anything_runs(kubemr: Kubemr, item: str) -> None:
+    """An input that is not a URL is a path and must exist (a mistyped one once ran and mapped
+    its own name): refused with exit code 2, naming it and how to write a string meant as-is."""
+    (kubemr.tmp / "data").mkdir(exist_ok=True)
+    job = kubemr.job("typo", inputs=[item], map="cat")
+    line = assert_refused(kubemr("run", str(job), "-o", str(kubemr.tmp / "out")))
+    assert f"input {item} does not exist" in line and f"opaque:{item}" in line, line
+    assert not (kubemr.tmp / "out").exists()
+
+
+def test_relative_paths_and_opaque_strings(kubemr: Kubemr) -> None:
+    """A relative path with or without ./ is read from the manifest's directory, whatever
+    the working directory; `opaque:TEXT` reaches the map command as TEXT, even one that looks
+    like a path."""
+    (kubemr.tmp / "data").mkdir()
+    (kubemr.tmp / "data" / "in.txt").write_text("from the file\n")
+    job = kubemr.job(
+        "rel", inputs=["data/in.txt", "opaque:data/missing.txt", "opaque:x y"], map="cat"
+    )
+    proc = subprocess.run(
+        kubemr.argv("run", str(job), "-o", str(kubemr.tmp / "out")),
+        env=kubemr.environ(None),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert results(kubemr.tmp / "out") == b"from the file\ndata/missing.txt\nx y\n"
+
+
+def test_a_named_pipe_input_is_refused_saying_what_it_is(kubemr: Kubemr) -> None:
+    os.mkfifo(kubemr.tmp / "pipe")
+    job = kubemr.job("fifo", inputs=["./pipe"], map="cat")
+    line = assert_refused(kubemr("run", str(job), "-o", str(kubemr.tmp / "out")))
+    assert "is a named pipe (FIFO), not a file or directory" in line, line

@@ -215,7 +215,7 @@ def test_gzip_and_opaque_inputs(kubemr: Kubemr) -> None:
         f.write(b"one two\nthree\n" * 100)
     job = kubemr.job(
         "mixed",
-        inputs=["./words.txt.gz", "customers-shard-17"],
+        inputs=["./words.txt.gz", "opaque:customers-shard-17"],
         map='if [ "$KUBEMR_INPUT" = customers-shard-17 ]; then read x; echo "opaque:$x"; '
         "else wc -l | tr -d ' '; fi",
     )

@@ -128,15 +128,26 @@ def with_final_newline(data: bytes) -> bytes:
         ("https://example.org/a.txt", "https://example.org/a.txt"),
         ("/data/in/", "file:///data/in/"),
         ("/x", "file:///x"),
-        ("customers-shard-17", None),
-        ("relative/path.txt", None),
-        ("gs://bucket/x", None),
-        ("user@host:/x", None),
-        ("", None),
+        ("opaque:customers-shard-17", None),
+        ("opaque:", None),
+        ("opaque:/looks/like/a/path", None),
     ],
 )
 def test_classify(item: str, url: str | None) -> None:
     assert classify(item) == url
+
+
+def test_classify_refuses_an_unknown_scheme() -> None:
+    with pytest.raises(InputError, match="unknown scheme gs://"):
+        classify("gs://bucket/x")
+
+
+@pytest.mark.parametrize("item", ["customers-shard-17", "relative/path.txt", "user@host:/x", ""])
+def test_classify_refuses_a_relative_path_naming_the_opaque_rule(item: str) -> None:
+    # Only `kubemr run` resolves relative paths; anything else must not guess that a string
+    # which is not a URL is meant as-is (a mistyped path would run and map its own name).
+    with pytest.raises(InputError, match=f"relative path.*opaque:{item} to hand"):
+        classify(item)
 
 
 # list_inputs
@@ -157,7 +168,7 @@ def test_list_inputs_keeps_order_and_opaque_strings() -> None:
     a = ObjectInfo("s3://b/a.txt", 3)
     d1, d2 = ObjectInfo("file:///d/1", 1), ObjectInfo("file:///d/2", 2)
     lister = lister_of({"s3://b/a.txt": [a], "file:///d/": [d1, d2]})
-    assert list_inputs(("shard-1", "s3://b/a.txt", "/d/", "shard-2"), lister) == [
+    assert list_inputs(("opaque:shard-1", "s3://b/a.txt", "/d/", "opaque:shard-2"), lister) == [
         "shard-1",
         a,
         d1,
@@ -223,7 +234,7 @@ def test_list_inputs_lists_nothing_for_opaque_inputs() -> None:
     def lister(url: str) -> list[ObjectInfo]:
         raise AssertionError(f"listed {url}")
 
-    assert list_inputs(("a", "b c"), lister) == ["a", "b c"]
+    assert list_inputs(("opaque:a", "opaque:b c", "opaque:"), lister) == ["a", "b c", ""]
 
 
 # cut
@@ -332,7 +343,7 @@ def test_cut_covers_every_byte_once_within_the_size(
 
 def test_plan_splits_lists_then_cuts() -> None:
     lister = lister_of({"s3://b/in/": [obj("in/a", 40), obj("in/_SUCCESS", 0)]})
-    assert plan_splits(("s3://b/in/", "x"), lister, 25) == [
+    assert plan_splits(("s3://b/in/", "opaque:x"), lister, 25) == [
         Split(segments=(seg("in/a", 0, 20),)),
         Split(segments=(seg("in/a", 20, 40),)),
         Split(opaque="x"),

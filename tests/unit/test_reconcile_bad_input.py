@@ -234,6 +234,20 @@ def test_hostile_job_fails_naming_the_field(changes: dict[str, Any], needle: str
     assert needle in message
 
 
+@pytest.mark.parametrize("item", ["data/in.txt", "customers-shard-17", "./in/", "~/in"])
+def test_a_path_or_bare_string_input_fails_naming_the_opaque_rule(item: str) -> None:
+    changes = {"inputs": ["s3://in/data/", item]}
+    message = failed_message(reconcile(mrj(good_spec(**changes)), Observed(), SETTINGS, ME, NOW))
+    assert f"spec.inputs[1] is a local path ({item})" in message
+    assert f"opaque:{item}" in message
+
+
+def test_an_opaque_input_deploys() -> None:
+    doc = deploying(mrj(good_spec(inputs=["opaque:shard 7"])))
+    plan = reconcile(doc, Observed(), SETTINGS, ME, NOW)
+    assert plan.create and not any(warning for _, _, warning in plan.events)
+
+
 @pytest.mark.parametrize("name", ["Job_A", "-a", "a" * 64, "a.b", "ü"])
 def test_a_name_that_is_not_a_dns_label_fails(name: str) -> None:
     message = failed_message(reconcile(mrj(good_spec(), name=name), Observed(), SETTINGS, ME, NOW))
