@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
 import shlex
 import shutil
@@ -226,10 +227,30 @@ def result_urls(job: Job, doc: dict[str, Any]) -> list[str]:
     return [line for line in text.splitlines() if line]
 
 
+def _no_task(doc: dict[str, Any], task: state.Task, st: state.Stage | None) -> RunError:
+    """Why `task` has nothing to show: its stage has no such task, or has not begun."""
+    name = str(doc["metadata"]["name"])
+    if st is not None:
+        has = (
+            f"its only {task.stage} task is {task.stage}-0"
+            if st.n == 1
+            else f"its {task.stage} tasks are {task.stage}-0 to {task.stage}-{st.n - 1}"
+        )
+        return RunError(f"{name} has no task {task.name}: {has}.")
+    if task.stage == "reduce" and state.status_of(doc).get("partitions") == 0:
+        return RunError(f"{name} is map-only: it has no reduce tasks.")
+    phase = state.phase_of(doc)
+    if phase in state.TERMINAL:
+        return RunError(
+            f"{task.name} never ran: {name} {phase.lower()} before its {task.stage} stage began."
+        )
+    return RunError(f"{task.name} has not started yet: {name} is {describe(doc).split()[0]}.")
+
+
 def _latest_attempt(doc: dict[str, Any], task: state.Task, wanted: int | None) -> int:
     st = state.stage_of(doc, task.stage)
     if st is None or task.index >= st.n:
-        raise RunError(f"{doc['metadata']['name']} has no task {task.name}.")
+        raise _no_task(doc, task, st)
     attempt = st.attempt_of(task.index)
     if attempt == 0:
         raise RunError(f"{task.name} has not started yet.")
@@ -261,10 +282,35 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         data = job.storage(url).get_bytes(url)
     except NotFound:
-        _err(f"{task.name} attempt {attempt} wrote nothing to stderr.")
-        return 0
+        return _unstored_log(found.run_dir, doc, task, attempt)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
+    return 0
+
+
+def _unstored_log(run_dir: str | None, doc: dict[str, Any], task: state.Task, attempt: int) -> int:
+    """The stderr of an attempt that is still running (stored only when it ends): on this
+    machine, what it wrote so far; on a cluster, where to see it."""
+    st = state.stage_of(doc, task.stage)
+    holder = st.holder_of(task.index) if st is not None else None
+    if st is None or holder is None or attempt != st.attempt_of(task.index):
+        _err(f"{task.name} attempt {attempt} wrote nothing to stderr.")
+        return 0
+    if run_dir is None:
+        _err(
+            f"{task.name} attempt {attempt} is still running on {holder}; its stderr is stored "
+            f"when it ends (until then: kubectl logs on the pod {holder})."
+        )
+        return 0
+    live = sorted(
+        glob.glob(os.path.join(run_dir, "scratch", "*", f"{task.name}.a{attempt}", "stderr.log"))
+    )
+    if live:
+        with open(live[0], "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.flush()
+    so_far = "its stderr so far" if live else "it has written nothing to stderr yet"
+    _err(f"{task.name} attempt {attempt} is still running: {so_far}.")
     return 0
 
 
@@ -286,7 +332,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise RunError(f"{doc['metadata']['name']} was not planned yet; nothing to replay.")
     st = state.stage_of(doc, task.stage)
     if st is None or task.index >= st.n:
-        raise RunError(f"{doc['metadata']['name']} has no task {task.name}.")
+        raise _no_task(doc, task, st)
     attempt = max(st.attempt_of(task.index), 1)
     workdir = job.workdir(doc)
     out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115

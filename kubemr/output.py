@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from kubemr import layout
-from kubemr.errors import InputError, NotFound
+from kubemr.errors import InputError, NotFound, StorageError, TemporaryError
 from kubemr.storage.base import Storage
 from kubemr.storage.local import file_path
 
@@ -46,7 +46,24 @@ def check_output(
     output: str, inputs: Sequence[str], storage_for: Callable[[str], Storage], hint: str
 ) -> None:
     """Raise InputError (exit code 2) if `output` cannot take the job's results; `hint`
-    says how to choose another output (`give another --output`)."""
+    says how to choose another output (`give another --output`). Storage that is briefly
+    away raises its TemporaryError, to be tried again."""
+    try:
+        _check(output, inputs, storage_for, hint)
+    except TemporaryError:
+        raise
+    except StorageError as exc:  # no such bucket, no credentials, a malformed URL
+        raise InputError(f"the output {output} cannot be used: {_sentence(exc)}; {hint}.") from exc
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc).strip().rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
+def _check(
+    output: str, inputs: Sequence[str], storage_for: Callable[[str], Storage], hint: str
+) -> None:
     for item in inputs:
         if "://" in item and inside(output, item):
             raise InputError(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kubemr.errors import InputError, NotFound, StorageError
+from kubemr.errors import InputError, NotFound, StorageError, TemporaryError
 from kubemr.spec import KNOWN_SCHEMES, OPAQUE, opaque_text, scheme_of
 from kubemr.storage.base import ObjectInfo, Storage
 
@@ -126,6 +126,8 @@ def list_inputs(inputs: tuple[str, ...], lister: Lister) -> list[ObjectInfo | st
             found = lister(url)
         except NotFound as exc:
             raise InputError(f"input {item} does not exist; check the path or URL.") from exc
+        except TemporaryError:
+            raise  # storage briefly away: the planner tries again
         except StorageError as exc:
             raise InputError(f"input {item} cannot be listed: {exc}") from exc
         if len(found) == 1 and found[0].url == url:

@@ -145,10 +145,40 @@ class JobSpec:
     ttl_seconds_after_finished: int | None = None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+        self.line = line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (where PyYAML keeps the
+    last one in silence), as kubectl's strict decoding does."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # unhashable: the base class says so
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def load_manifest(text: str, source: str = "the manifest") -> dict[str, Any]:
     """Parse YAML text into the manifest mapping; one document only."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except _DuplicateKey as exc:
+        raise SpecError(
+            f"{source} gives the key {exc.key!r} twice in one mapping (line {exc.line}); keep one."
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -195,12 +225,11 @@ def parse_manifest(doc: Mapping[str, Any]) -> JobSpec:
     """Validate a manifest mapping and return its `JobSpec`."""
     if not isinstance(doc, Mapping):
         raise SpecError("the manifest must be a mapping with apiVersion, kind, metadata and spec.")
-    api = doc.get("apiVersion")
-    if api != API_VERSION:
-        raise SpecError(f"apiVersion must be {API_VERSION!r}, got {api!r}.")
-    kind = doc.get("kind")
-    if kind != KIND:
-        raise SpecError(f"kind must be {KIND!r}, got {kind!r}.")
+    for key, want in (("apiVersion", API_VERSION), ("kind", KIND)):
+        if key not in doc:
+            raise SpecError(f"{key} is missing; write `{key}: {want}`.")
+        if doc[key] != want:
+            raise SpecError(f"{key} must be {want!r}, got {_describe(doc[key])}.")
     _unknown(doc, ("apiVersion", "kind", "metadata", "spec", "status"), "")
     meta = doc.get("metadata")
     if meta is None:

@@ -361,11 +361,20 @@ def iso(now: float) -> str:
 
 
 def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """`text` cut to at most `limit` characters, keeping its end (where errors say why)."""
+    """`text` cut to at most `limit` characters. A failure's first line says what failed (the
+    task's input, the command, its exit code) and what follows quotes its stderr, whose end
+    says why: the first line is kept (up to half of `limit`), the quote loses its start."""
     text = text.strip()
     if len(text) <= limit:
         return text
-    return "..." + text[-(limit - 3) :]
+    head, newline, quote = text.partition("\n")
+    if not newline:
+        half = (limit - 5) // 2
+        return f"{text[:half]} ... {text[-(limit - 5 - half) :]}"
+    if len(head) > limit // 2:
+        head = head[: limit // 2 - 3] + "..."
+    room = limit - len(head) - 5
+    return f"{head}\n...{quote[-room:]}" if len(quote) > room else f"{head}\n{quote}"
 
 
 def pointer(*parts: str) -> str:

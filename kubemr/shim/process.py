@@ -32,7 +32,8 @@ class StderrLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        # Unbuffered, so that `kubemr logs` of a running task shows what it wrote so far.
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         self._lock = threading.Lock()
         self._written = 0
         self._dropped = 0
@@ -41,6 +42,7 @@ class StderrLog:
         self.status: str | None = None
         self._threads: list[threading.Thread] = []
         self.tails: dict[str, collections.deque[str]] = {}
+        self._readers: dict[str, threading.Thread] = {}
 
     def follow(self, stream: IO[bytes], label: str) -> None:
         """Start a thread reading `stream` (one process's stderr) to its end."""
@@ -49,6 +51,7 @@ class StderrLog:
         thread = threading.Thread(target=self._read, args=(stream, tail), daemon=True)
         thread.start()
         self._threads.append(thread)
+        self._readers[label] = thread
 
     def _read(self, stream: IO[bytes], tail: collections.deque[str]) -> None:
         with stream:
@@ -75,14 +78,13 @@ class StderrLog:
                 self._dropped += len(line)
                 self._tail.append(line)
 
-    def write_note(self, text: str) -> None:
-        """Add a line of kubemr's own (why a command was stopped) to the log."""
-        with self._lock:
-            self._file.write(f"[kubemr] {text}\n".encode())
-
-    def tail_text(self, label: str) -> str:
-        lines = list(self.tails.get(label, ()))
-        return "\n".join(lines)
+    def tail_text(self, label: str, wait: float = 0.0) -> str:
+        """The last lines `label` wrote to stderr; after up to `wait` seconds for the rest of
+        what it wrote before it ended to be read."""
+        reader = self._readers.get(label)
+        if wait and reader is not None:
+            reader.join(wait)
+        return "\n".join(self.tails.get(label, ()))
 
     def close(self) -> None:
         """Wait for the readers and finish the file; calling it again does nothing."""
@@ -117,6 +119,7 @@ class Proc:
         registry: str | None = None,
     ) -> None:
         self.label = label
+        self.log = log
         self.reaped = False
         self.popen = subprocess.Popen(
             list(argv),
@@ -220,8 +223,13 @@ def wait_all(procs: Sequence[Proc], watch: Watch, threads: Sequence[threading.Th
             if not alive:
                 return
             alive[0].join(0.05)
-    except Stopped:
-        for p in procs:
-            if p.popen.poll() is None:
-                p.kill()
-        raise
+    except Stopped as exc:
+        stuck = [p for p in procs if p.popen.poll() is None]
+        for p in stuck:
+            p.kill()
+        if not exc.timeout:
+            raise
+        # Why it hung is often on its stderr: say it, as a failure does.
+        tails = [(p.label, p.log.tail_text(p.label, wait=1.0)) for p in stuck]
+        said = "".join(f"; the {name}'s stderr ends with:\n{tail}" for name, tail in tails if tail)
+        raise Stopped(exc.reason + said, timeout=True) from None

@@ -599,17 +599,17 @@ class Worker:
             )
         except Stopped as exc:
             if exc.timeout:
-                out.error = f"{what}{exc.reason}"
+                out.error = _prefixed(what, exc.reason)
             else:
                 cancel_why.append(exc.reason)
         except (InputError, SpecError) as exc:
-            out.error, out.permanent = f"{what}{exc}", True
+            out.error, out.permanent = _prefixed(what, str(exc)), True
         except TemporaryError as exc:
-            out.error, out.temporary = f"{what}{exc}", True
+            out.error, out.temporary = _prefixed(what, str(exc)), True
         except KubemrError as exc:  # a command failed (TaskFailed), storage, anything else
-            out.error = f"{what}{exc}"
+            out.error = _prefixed(what, str(exc))
         except OSError as exc:
-            out.error = f"{what}{exc.strerror or exc}"
+            out.error = _prefixed(what, str(exc.strerror or exc))
         except Exception as exc:  # a bug here must fail the attempt, saying so, not the worker
             log.exception("%s attempt %d: internal error", task.name, attempt_no)
             out.error = f"{what}internal error: {type(exc).__name__}: {exc}"
@@ -631,6 +631,13 @@ class Worker:
                 why.append("the worker was asked to stop")
                 cancel.set()
                 return
+
+
+def _prefixed(what: str, text: str) -> str:
+    """`what` (the task's input or partition, "input s3://b/k bytes 0-99: ") before `text`,
+    unless `text` already names it (an error reading that input says which it is)."""
+    subject = what.removeprefix("input ").split(" bytes ")[0].split(" and ")[0].rstrip(": ")
+    return text if subject and subject in text else what + text
 
 
 def main(config: ShimConfig) -> int:

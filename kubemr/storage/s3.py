@@ -43,6 +43,7 @@ from botocore.exceptions import (
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
+    ParamValidationError,
     PartialCredentialsError,
 )
 
@@ -308,8 +309,15 @@ def _translate(exc: BaseException, action: str, url: str) -> StorageError | None
         )
     if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
         return TemporaryStorageError(f"Could not reach S3 to {action} {url}: {exc}.")
+    if isinstance(exc, ParamValidationError) and "Invalid bucket name" in str(exc):
+        return StorageError(
+            f"Cannot {action} {url}: {bucket!r} is not a valid bucket name (letters, digits, "
+            "'.', '-' and '_' only)."
+        )
     if isinstance(exc, BotoCoreError):
-        return StorageError(f"Could not {action} {url}: {exc}.")
+        text = str(exc).strip()
+        said = text.splitlines()[-1] if text else type(exc).__name__  # the specific line
+        return StorageError(f"Could not {action} {url}: {said.rstrip('.')}.")
     return None
 
 

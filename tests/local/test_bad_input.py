@@ -110,6 +110,24 @@ HOSTILE = {
         "---\n".join([manifest_text({"inputs": ["a"], "map": "cat"})] * 2),
         "YAML documents",
     ),
+    "a key given twice": (
+        "apiVersion: kubemr.io/v1alpha1\nkind: MapReduceJob\nspec:\n  inputs: [a]\n"
+        "  map: cat\n  map: wc -l\n",
+        "gives the key 'map' twice in one mapping (line 6); keep one",
+    ),
+    "an env name given twice": (
+        "apiVersion: kubemr.io/v1alpha1\nkind: MapReduceJob\nspec:\n  inputs: [a]\n"
+        "  map: cat\n  env: {A: '1', A: '2'}\n",
+        "gives the key 'A' twice",
+    ),
+    "no apiVersion": (
+        "kind: MapReduceJob\nspec:\n  inputs: [a]\n  map: cat\n",
+        "apiVersion is missing; write `apiVersion: kubemr.io/v1alpha1`",
+    ),
+    "a null kind": (
+        "apiVersion: kubemr.io/v1alpha1\nkind: null\nspec:\n  inputs: [a]\n  map: cat\n",
+        "kind must be 'MapReduceJob', got null",
+    ),
 }
 
 
@@ -306,6 +324,7 @@ def test_a_corrupt_gz_input_fails_the_job_naming_it(kubemr: Kubemr, name: str, d
     assert proc.returncode == 1, proc.stderr
     message = proc.stderr.splitlines()[0]
     assert name in message and "gzip" in message, message
+    assert message.count(name) == 1, message  # the input is named once
     assert "Traceback" not in proc.stderr
     assert not (out / "_SUCCESS").exists()
 
@@ -470,6 +489,22 @@ def test_relative_paths_and_opaque_strings(kubemr: Kubemr) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert results(kubemr.tmp / "out") == b"from the file\ndata/missing.txt\nx y\n"
+
+
+@pytest.mark.parametrize(
+    ("output", "said"),
+    [
+        ("file://relative/out", "is not an absolute file:// URL"),
+        ("s3://bad_bucket!/x/", "'bad_bucket!' is not a valid bucket name"),
+        ("s3://", "names no bucket"),
+    ],
+)
+def test_an_output_that_cannot_be_used_exits_2(kubemr: Kubemr, output: str, said: str) -> None:
+    (kubemr.tmp / "in.txt").write_text("a\n")
+    job = kubemr.job("badout", inputs=["./in.txt"], map="cat")
+    line = assert_refused(kubemr("run", str(job), "-o", output))
+    assert said in line, line
+    assert not list((kubemr.home / "runs").glob("*/job.db"))
 
 
 def test_a_named_pipe_input_is_refused_saying_what_it_is(kubemr: Kubemr) -> None:

@@ -275,6 +275,30 @@ def test_failing_command_fails_job_with_reason(kubemr: Kubemr) -> None:
     assert "starting" in first.stdout
 
 
+def test_a_long_traceback_keeps_the_task_input_and_exit_code_in_the_message(
+    kubemr: Kubemr,
+) -> None:
+    """Only the start of the quoted stderr is shortened: the job's message still says which
+    task failed, on which input, with which exit code, and ends with the traceback's last line."""
+    (kubemr.tmp / "in.txt").write_text("x\n")
+    frames = "; ".join(f"echo '  File \"map.py\", line {i}, in step_{i}' >&2" for i in range(300))
+    job = kubemr.job(
+        "trace",
+        inputs=["./in.txt"],
+        map=f"echo 'Traceback (most recent call last):' >&2; {frames}; "
+        "echo 'ValueError: bad record 17' >&2; exit 3",
+        maxAttempts=1,
+    )
+    proc = kubemr("run", str(job), "-q")
+    assert proc.returncode == 1, proc.stderr
+    message = read_doc(kubemr.run_dir("trace"))["status"]["message"]
+    assert len(message) <= 1000
+    assert message.startswith("map-0 failed"), message
+    assert "in.txt" in message and "exited with code 3" in message, message
+    assert message.endswith("ValueError: bad record 17"), message
+    assert "exited with code 3" in proc.stderr and "ValueError: bad record 17" in proc.stderr
+
+
 def test_hung_command_is_killed_at_timeout(kubemr: Kubemr) -> None:
     (kubemr.tmp / "in.txt").write_text("x\n")
     marker = kubemr.tmp / "sleeper-ran"
@@ -282,13 +306,14 @@ def test_hung_command_is_killed_at_timeout(kubemr: Kubemr) -> None:
     job = kubemr.job(
         "hang",
         inputs=["./in.txt"],
-        map=f"touch {marker}; sleep {nap} & wait",
+        map=f"touch {marker}; echo waiting for the lock >&2; sleep {nap} & wait",
         taskTimeoutSeconds=1,
         maxAttempts=2,
     )
     proc = kubemr("run", str(job), timeout=60)
     assert proc.returncode == 1
     assert "timed out after 1s" in proc.stderr
+    assert "the map command's stderr ends with:\nwaiting for the lock" in proc.stderr
     assert marker.exists()
     # The whole process group went: no `sleep` of this test is left behind.
     leftover = sh(f"ps -eo args | grep -c '^sleep {nap}' || true").strip()
