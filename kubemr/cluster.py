@@ -25,8 +25,9 @@ from kubemr.kube import Kube, KubeConfig, KubeError
 from kubemr.local import find_run, read_manifest, resolve_input
 from kubemr.operator.reconcile import cluster_spec
 from kubemr.progress import Progress
-from kubemr.spec import parse_manifest
+from kubemr.spec import JobSpec, parse_manifest
 from kubemr.storage import join, storage_for
+from kubemr.storage.base import Storage, StorageConfig
 
 
 @dataclass
@@ -94,9 +95,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         manifest.setdefault("spec", {})["output"] = args.output
     spec = parse_manifest(manifest)
     if args.upload and spec.output and spec.output.startswith("s3://"):
+        config = StorageConfig(spec.storage.endpoint, spec.storage.region)
         manifest["spec"]["inputs"] = upload_local_inputs(
-            spec.inputs, os.path.dirname(os.path.abspath(args.file)), spec.output
+            spec.inputs, os.path.dirname(os.path.abspath(args.file)), spec.output, config
         )
+        warning = endpoint_warning(spec, storage_for(spec.output, config))
+        if warning:
+            print(f"kubemr: warning: {warning}", file=sys.stderr)
     cluster_spec(manifest)
     kube = kube_from(args)
     namespace = (
@@ -113,7 +118,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return wait(kube, namespace, name, quiet=args.quiet, timeout=args.timeout)
 
 
-def upload_local_inputs(inputs: tuple[str, ...], base: str, output: str) -> list[str]:
+def endpoint_warning(spec: JobSpec, uploader: Storage) -> str | None:
+    """What to tell a user whose inputs went through an S3 endpoint the job's pods will not
+    be told of (a MinIO named by $AWS_ENDPOINT_URL here, and no spec.storage.endpoint)."""
+    from kubemr.storage.s3 import S3Storage, is_aws  # boto3 only when there is S3 to talk to
+
+    if spec.storage.endpoint or not isinstance(uploader, S3Storage):
+        return None
+    used = uploader.endpoint_url
+    if is_aws(used):
+        return None
+    return (
+        f"the inputs went to {used} (from AWS_ENDPOINT_URL), but the job names no "
+        "spec.storage.endpoint: its pods use the operator's KUBEMR_S3_ENDPOINT, or AWS S3 if "
+        "it has none; set spec.storage.endpoint to the address pods reach that server at."
+    )
+
+
+def upload_local_inputs(
+    inputs: tuple[str, ...], base: str, output: str, config: StorageConfig | None = None
+) -> list[str]:
     """Copy inputs that are local paths to `<output>/_inputs/N/`; return the new input list."""
     out: list[str] = []
     for i, item in enumerate(inputs):
@@ -124,7 +148,7 @@ def upload_local_inputs(inputs: tuple[str, ...], base: str, output: str) -> list
         local = storage_for(url)
         objects = local.list(url)
         target = join(output, "_inputs", str(i)) + "/"
-        remote = storage_for(target)
+        remote = storage_for(target, config)
         size = sum(o.size for o in objects)
         print(
             f"uploading {item}: {len(objects)} file(s), {size} bytes, to {target}", file=sys.stderr

@@ -104,6 +104,11 @@ class S3Storage(Storage):
                 self._client = _build_client(self._config)
             return self._client
 
+    @property
+    def endpoint_url(self) -> str:
+        """Where requests go: the configured endpoint, $AWS_ENDPOINT_URL, or AWS's own."""
+        return str(self.client.meta.endpoint_url)
+
     def stat(self, url: str) -> ObjectInfo:
         bucket, key = _object(url)
         with _errors("read", url):
@@ -244,12 +249,12 @@ def _build_client(config: StorageConfig) -> S3Client:
         )
 
     client = make(path_style=config.endpoint is not None)
-    if config.endpoint is None and not _is_aws(client.meta.endpoint_url):
+    if config.endpoint is None and not is_aws(client.meta.endpoint_url):
         client = make(path_style=True)  # the endpoint came from AWS_ENDPOINT_URL or a profile
     return client
 
 
-def _is_aws(endpoint_url: str) -> bool:
+def is_aws(endpoint_url: str) -> bool:
     host = urlsplit(endpoint_url).hostname or ""
     return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
 
@@ -308,7 +313,14 @@ def _translate(exc: BaseException, action: str, url: str) -> StorageError | None
             f"{_CREDENTIALS_HINT}."
         )
     if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
-        return TemporaryStorageError(f"Could not reach S3 to {action} {url}: {exc}.")
+        endpoint = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+        hint = ""
+        if is_aws(endpoint):
+            hint = (
+                "; no S3 endpoint is set, so this is AWS S3: for another S3 service set "
+                "spec.storage.endpoint, or KUBEMR_S3_ENDPOINT on the operator for every job"
+            )
+        return TemporaryStorageError(f"Could not reach S3 to {action} {url}: {exc}{hint}.")
     if isinstance(exc, ParamValidationError) and "Invalid bucket name" in str(exc):
         return StorageError(
             f"Cannot {action} {url}: {bucket!r} is not a valid bucket name (letters, digits, "

@@ -529,7 +529,8 @@ def test_submit_wait_and_results_from_the_cli(
 def test_the_local_manifest_runs_unchanged_with_submit_upload(
     cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path
 ) -> None:
-    """`kubemr submit --upload` copies local inputs to S3; the operator supplies the endpoint."""
+    """`kubemr submit --upload` copies local inputs to S3 (warning that the job names no
+    endpoint); the operator supplies the endpoint."""
     env = {**os.environ, **{k: cluster.env[k] for k in cluster.env if k.startswith("AWS_")}}
     env["KUBECONFIG"] = cluster.kubeconfig
     output = f"s3://{corpus}/upload-{uuid.uuid4().hex[:6]}/"
@@ -565,6 +566,9 @@ def test_the_local_manifest_runs_unchanged_with_submit_upload(
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
+    # The upload went through AWS_ENDPOINT_URL and the job names none: submit says so (here
+    # the operator's KUBEMR_S3_ENDPOINT points its pods at the same server).
+    assert "names no spec.storage.endpoint" in proc.stderr, proc.stderr
     stored = s3_objects(s3, output)
     assert {k for k in stored if k.startswith("_inputs/0/")} == {
         f"_inputs/0/{p.name}" for p in CORPUS

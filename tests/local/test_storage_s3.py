@@ -107,3 +107,43 @@ def test_urls_that_name_no_object(s3_env: str) -> None:
         storage.put_bytes(b"x", s3_env)
     with pytest.raises(NotFound):
         storage.stat(s3_env)
+
+
+def test_an_unreachable_aws_endpoint_says_how_to_set_another() -> None:
+    """A connection error is the one botocore raises (built here: no test may reach AWS)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from kubemr.storage.s3 import _translate
+
+    aws = EndpointConnectionError(endpoint_url="https://b.s3.amazonaws.com/in/a.txt")
+    said = _translate(aws, "read", "s3://b/in/a.txt")
+    assert isinstance(said, TemporaryError)
+    assert "https://b.s3.amazonaws.com/in/a.txt" in str(said)
+    assert "spec.storage.endpoint, or KUBEMR_S3_ENDPOINT on the operator" in str(said)
+    minio = EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/in/a.txt")
+    other = str(_translate(minio, "read", "s3://b/in/a.txt"))
+    assert "127.0.0.1:9" in other and "KUBEMR_S3_ENDPOINT" not in other
+
+
+def test_submit_warns_when_pods_will_not_use_the_upload_endpoint(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubemr.cluster import endpoint_warning
+    from kubemr.spec import parse_manifest
+
+    def spec(**storage: str) -> Any:
+        body = {"inputs": ["s3://b/in/"], "map": "cat", "output": "s3://b/out/"}
+        if storage:
+            body["storage"] = storage
+        return parse_manifest(
+            {"apiVersion": "kubemr.io/v1alpha1", "kind": "MapReduceJob", "spec": body}
+        )
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    warning = endpoint_warning(spec(), S3Storage())
+    assert warning is not None and s3_server.endpoint in warning
+    assert "names no spec.storage.endpoint" in warning
+    named = spec(endpoint=s3_server.endpoint)
+    assert endpoint_warning(named, S3Storage(StorageConfig(endpoint=s3_server.endpoint))) is None
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert endpoint_warning(spec(), S3Storage(StorageConfig(region="us-east-1"))) is None
