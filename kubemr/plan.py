@@ -10,19 +10,19 @@ Data is cut into splits of at most `split_size` bytes. A large object is cut
 into equal byte ranges; the reader (`read_split`) moves each range's ends to
 line boundaries, as Hadoop's TextInputFormat does, so every line is read by
 exactly one split. Small objects are packed together into one split.
-Compressed (`.gz`) objects are never cut. Planning needs only names and
+Compressed objects (`.gz`, `.bz2`, `.xz`, `.zst`: kubemr.compression) are
+read decompressed and never cut. Planning needs only names and
 sizes; no data is read until a map task runs.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kubemr.compression import codec_of, decompressed
 from kubemr.errors import InputError, NotFound, StorageError, TemporaryError
 from kubemr.spec import KNOWN_SCHEMES, OPAQUE, opaque_text, scheme_of
 from kubemr.storage.base import ObjectInfo, Storage
@@ -40,7 +40,7 @@ class Segment:
 
     @property
     def compressed(self) -> bool:
-        return self.url.endswith(".gz")
+        return codec_of(self.url) is not None
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def cut(items: list[ObjectInfo | str], split_size: int) -> list[Split]:
             continue
         if item.size == 0:
             continue
-        if item.url.endswith(".gz"):
+        if codec_of(item.url) is not None:
             if pack_size + item.size > split_size:
                 flush()
             pack.append(Segment(item.url, 0, None))
@@ -220,7 +220,8 @@ def read_split(split: Split, storage_for: Callable[[str], Storage]) -> Iterator[
 
 def _read_segment(seg: Segment, storage: Storage) -> Iterator[bytes]:
     if seg.compressed:
-        yield from _gunzip(seg, storage)
+        with storage.open_read(seg.url, 0) as raw:
+            yield from decompressed(raw, seg.url)
         return
     if seg.end is None:
         with storage.open_read(seg.url, seg.start) as f:
@@ -275,13 +276,3 @@ def _line_range(url: str, start: int, end: int, storage: Storage) -> Iterator[by
                     return
                 yield chunk
             return
-
-
-def _gunzip(seg: Segment, storage: Storage) -> Iterator[bytes]:
-    with storage.open_read(seg.url, 0) as raw:
-        try:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
-                while chunk := f.read(CHUNK):
-                    yield chunk
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"input {seg.url} is not a readable gzip file: {exc}.") from exc

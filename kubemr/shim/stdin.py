@@ -12,7 +12,7 @@ reads near the range ends, and then
 - other ranges go through a pipe with `os.sendfile`, which moves the bytes
   inside the kernel (page cache to pipe) instead of through Python.
 
-Anything else (S3, http, `.gz`, opaque inputs) streams through Python as
+Anything else (S3, http, compressed, opaque inputs) streams through Python as
 before (`feed`).
 """
 

@@ -209,6 +209,38 @@ def test_a_command_that_stops_reading_early_succeeds_in_every_role(
     assert len(got) == expected[role], got
 
 
+def test_bz2_xz_and_zst_inputs_are_read_decompressed(kubemr: Kubemr) -> None:
+    """The same words in four compressed forms and plain count the same: each file is read
+    whole, decompressed, by one map task."""
+    import bz2
+    import lzma
+
+    import zstandard
+
+    words = b"".join(b"w%d w%d\n" % (i % 97, i % 13) for i in range(50_000))
+    data = kubemr.tmp / "data"
+    data.mkdir()
+    (data / "a.txt").write_bytes(words)
+    (data / "b.txt.gz").write_bytes(gzip.compress(words))
+    (data / "c.txt.bz2").write_bytes(bz2.compress(words))
+    (data / "d.txt.xz").write_bytes(lzma.compress(words))
+    (data / "e.txt.zst").write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(words))
+    job = kubemr.job(
+        "codecs",
+        inputs=["./data/"],
+        map="tr ' ' '\\n' | sed 's/$/\t1/'",
+        reduce="awk -F '\\t' '{ n[$1] += $2 } END { for (k in n) print k \"\\t\" n[k] }' | sort",
+        splitSize="64Ki",
+    )
+    proc = kubemr("run", str(job), "-w", "2", "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    expected = sh(
+        "tr ' ' '\\n' | awk '{ n[$1] += 5 } END { for (k in n) print k \"\\t\" n[k] }' | sort",
+        stdin=words,
+    )
+    assert results(kubemr.tmp / "out") == expected
+
+
 def test_gzip_and_opaque_inputs(kubemr: Kubemr) -> None:
     gz = kubemr.tmp / "words.txt.gz"
     with gzip.open(gz, "wb") as f:

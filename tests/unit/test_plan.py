@@ -10,10 +10,12 @@ in order.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import itertools
 import json
+import lzma
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -531,3 +533,50 @@ def test_read_split_bad_gzip_is_an_input_error(content: bytes) -> None:
     storage = MemoryStorage({"m://in/a.gz": content})
     with pytest.raises(InputError, match=r"input m://in/a\.gz is not a readable gzip file"):
         read_all(Split(segments=(Segment("m://in/a.gz", 0, None),)), storage)
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    # With a checksum, as the zstd tool writes by default: corruption is then detectable.
+    return zstandard.ZstdCompressor(write_checksum=True).compress(data)
+
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    ".gz": gzip.compress,
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+    ".zst": _zstd,
+}
+CODEC_NAMES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+
+
+@pytest.mark.parametrize("ext", sorted(COMPRESSORS))
+def test_every_codec_reads_members_one_after_another(ext: str) -> None:
+    """Concatenated members or frames read as one stream, as zcat, bzcat, xzcat, zstdcat do."""
+    pack = COMPRESSORS[ext]
+    big = b"".join(b"line %d\n" % i for i in range(200_000))  # several MiB: many chunks
+    url = f"m://in/a{ext}"
+    storage = MemoryStorage({url: pack(big) + pack(b"") + pack(b"last, no newline")}, step=4096)
+    assert read_all(Split(segments=(Segment(url, 0, None),)), storage) == (
+        big + b"last, no newline\n"
+    )
+    assert cut([ObjectInfo(url, 10**9)], 1024) == [Split(segments=(Segment(url, 0, None),))]
+
+
+@pytest.mark.parametrize("ext", sorted(COMPRESSORS))
+@pytest.mark.parametrize("damage", ["truncated", "not-compressed", "corrupt"])
+def test_every_codec_refuses_damaged_data_naming_the_input(ext: str, damage: str) -> None:
+    """A truncated file must never pass for a shorter one."""
+    packed = COMPRESSORS[ext](bytes(range(256)) * 4096)
+    content = {
+        "truncated": packed[: len(packed) * 2 // 3],
+        "not-compressed": b"plain text, not compressed at all\n" * 10,
+        "corrupt": corrupt(packed),
+    }[damage]
+    url = f"m://in/a{ext}"
+    storage = MemoryStorage({url: content})
+    with pytest.raises(
+        InputError, match=f"input m://in/a\\{ext} is not a readable {CODEC_NAMES[ext]} file"
+    ):
+        read_all(Split(segments=(Segment(url, 0, None),)), storage)
