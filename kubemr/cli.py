@@ -1,4 +1,5 @@
-"""The `kubemr` command line: run, validate, status, results, logs, replay, shim.
+"""The `kubemr` command line: run, validate, status, results, logs, replay, runs, delete,
+submit, operator and shim.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit
 code (2 for a bad manifest or input, 1 for a failed job); no traceback. Set
@@ -25,6 +26,8 @@ examples:
   kubemr results wordcount-x2k9f --cat                 print the merged results
   kubemr logs wordcount-x2k9f --task map-3             the stderr a task wrote
   kubemr replay wordcount-x2k9f --task map-3           re-run one task in the foreground
+  kubemr runs                                          the runs kept here: phase, age, size
+  kubemr delete --finished                             free what finished runs keep
   kubemr submit job.yaml --wait                        run it on Kubernetes (kubeconfig as kubectl)
 
 Runs live in $KUBEMR_HOME/runs (default ~/.local/state/kubemr/runs).
@@ -115,6 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--attempt", type=int, metavar="N")
     _cluster_options(logs)
 
+    sub.add_parser(
+        "runs",
+        help="list the runs kept on this machine",
+        description="List the local runs in $KUBEMR_HOME/runs, oldest first: name, phase "
+        "(', stopped' when no process runs it: `kubemr run` the same manifest resumes it), "
+        "age and size on disk.",
+    )
+    delete = sub.add_parser(
+        "delete",
+        help="delete local runs and what they keep",
+        description="Delete local runs: their run directories, with the output when it is "
+        "inside (an output elsewhere is kept). A run that a process is running is refused. "
+        "For a cluster job: kubectl delete mapreducejob NAME.",
+    )
+    delete.add_argument("runs", metavar="RUN", nargs="*", help="run names or run directories")
+    delete.add_argument(
+        "--finished", action="store_true", help="delete every run that succeeded or failed"
+    )
+
     replay = sub.add_parser(
         "replay",
         help="re-run one task in the foreground with its exact input",
@@ -189,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from kubemr import cluster, commands
+    from kubemr import cluster, commands, runs
 
     handlers = {
         "run": commands.cmd_run,
@@ -201,6 +223,8 @@ def dispatch(args: argparse.Namespace) -> int:
         "shim": commands.cmd_shim,
         "submit": cluster.cmd_submit,
         "operator": commands.cmd_operator,
+        "runs": runs.cmd_runs,
+        "delete": runs.cmd_delete,
     }
     handler = handlers.get(args.command)
     if handler is None:

@@ -15,6 +15,7 @@ puts it in `status.message`. Library errors are translated at the boundary
     │   ├── Refused             the store refused a patch that no retry can make pass
     │   └── JobNotFound         no such job
     ├── TaskFailed              a user command failed (exit code, timeout)
+    ├── UsageError              arguments that do not make sense together (exit code 2)
     └── RunError                a local run cannot start or continue
         └── RunMismatch         the run directory holds another job (exit code 2)
 
@@ -84,6 +85,12 @@ class TaskFailed(KubemrError):
 
 class RunError(KubemrError):
     """A local run cannot start or continue."""
+
+
+class UsageError(KubemrError):
+    """A command was given arguments that do not make sense together."""
+
+    exit_code = 2
 
 
 class RunMismatch(RunError):

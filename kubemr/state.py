@@ -360,6 +360,17 @@ def iso(now: float) -> str:
     return dt.datetime.fromtimestamp(int(now), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_iso(text: object) -> float | None:
+    """The time an `iso` timestamp names, or None for anything else."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=dt.UTC).timestamp()
+
+
 def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """`text` cut to at most `limit` characters. A failure's first line says what failed (the
     task's input, the command, its exit code) and what follows quotes its stderr, whose end

@@ -21,7 +21,6 @@ credentials.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,15 +81,6 @@ def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
                 f"string meant for the map command as-is is written opaque:{item})."
             )
     return spec
-
-
-def _parse_time(text: Any) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-    except ValueError:
-        return None
 
 
 def _condition(kind: str, status: str, reason: str, message: str, now: float) -> dict[str, Any]:
@@ -294,7 +284,7 @@ def reconcile(
             if active:
                 plan.delete_batch_job = True
         ttl = (mrj.get("spec") or {}).get("ttlSecondsAfterFinished")
-        done_at = _parse_time(status.get("completionTime"))
+        done_at = state.parse_iso(status.get("completionTime"))
         if isinstance(ttl, int) and done_at is not None and done_at + ttl <= now:
             plan.delete_job = True
     return plan
@@ -323,7 +313,7 @@ def worker_failure(observed: Observed, now: float) -> str | None:
                 )
     for pod in observed.pods:
         name = pod.get("metadata", {}).get("name", "?")
-        created = _parse_time(pod.get("metadata", {}).get("creationTimestamp")) or now
+        created = state.parse_iso(pod.get("metadata", {}).get("creationTimestamp")) or now
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         statuses += (pod.get("status") or {}).get("initContainerStatuses") or []
         for cs in statuses:
