@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubemr.errors import InputError, NotFound, StorageError
+from kubemr.errors import InputError, NotFound, StorageError, TemporaryStorageError
 from kubemr.plan import (
     Segment,
     Split,
@@ -580,3 +580,14 @@ def test_every_codec_refuses_damaged_data_naming_the_input(ext: str, damage: str
         InputError, match=f"input m://in/a\\{ext} is not a readable {CODEC_NAMES[ext]} file"
     ):
         read_all(Split(segments=(Segment(url, 0, None),)), storage)
+
+
+def test_list_inputs_lets_a_temporary_failure_be_retried() -> None:
+    """Storage briefly away while planning is no fault of the input: the planner tries again
+    (a permanent InputError here once failed a job over an S3 restart)."""
+
+    def lister(url: str) -> list[ObjectInfo]:
+        raise TemporaryStorageError(f"Could not reach S3 to list {url}: connection refused.")
+
+    with pytest.raises(TemporaryStorageError):
+        list_inputs(("s3://b/x",), lister)
