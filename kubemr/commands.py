@@ -33,7 +33,6 @@ from kubemr.local import (
     runs_home,
     spec_differences,
 )
-from kubemr.partition import sort_keys
 from kubemr.plan import load_plan
 from kubemr.progress import describe
 from kubemr.shim import config as shim_config
@@ -368,39 +367,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_reduce(
     job: Job, doc: dict[str, Any], task: state.Task, attempt: int, workdir: str, cwd: str, out: Any
 ) -> int:
-    from kubemr.shim.reducer import run_urls
+    """A reduce task as the worker runs it (kubemr.shim.reducer: the same fetch and merge),
+    its output to `out`."""
+    from kubemr.shim.attempt import sort_argv
+    from kubemr.shim.reducer import fetch_runs, merge_argv, run_urls
 
     done, total = state.counts(doc, "map")
     if done < total:
         raise RunError(f"{task.name} cannot be replayed before every map task is done.")
     assert job.commands.reduce is not None
-    urls = run_urls(workdir, state.attempts_of(doc, "map"), task.index)
-    paths: list[str] = []
-    for i, url in enumerate(urls):
-        storage = job.storage(url)
-        local = storage.local_path(url)
-        if local is None or not os.path.exists(local):
-            if not storage.exists(url):
-                raise RunError(
-                    "the map outputs of this run were removed after it succeeded; set "
-                    "spec.keepIntermediate: true to replay reduce tasks."
-                )
-            local = os.path.join(cwd, f".run-{i:06d}")
-            with storage.open_read(url) as f, open(local, "wb") as dst:
-                shutil.copyfileobj(f, dst)
-        paths.append(local)
+    try:
+        paths = fetch_runs(job, run_urls(workdir, state.attempts_of(doc, "map"), task.index), cwd)
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise NotFound(f"{missing[0]} is gone")
+    except NotFound as exc:
+        raise RunError(
+            "the map outputs of this run were removed after it succeeded; set "
+            "spec.keepIntermediate: true to replay reduce tasks."
+        ) from exc
     env = job.task_env(task, attempt, {"KUBEMR_PARTITION": str(task.index)})
     _err(f"replaying {task.name} over {len(paths)} sorted run(s) in {cwd}")
-    listing = os.path.join(cwd, ".runs.lst")
-    with open(listing, "wb") as f:
-        f.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
     merger = subprocess.Popen(
-        [
-            "sort",
-            *sort_keys(job.spec.separator.encode(), job.spec.key_fields),
-            "-m",
-            f"--files0-from={listing}",
-        ],
+        merge_argv(sort_argv(job), paths, os.path.join(cwd, ".runs.lst")),
         env={**os.environ, "LC_ALL": "C"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -157,137 +157,143 @@ def _fail_patch(mrj: Mapping[str, Any], message: str, now: float) -> list[dict[s
 def reconcile(
     mrj: Mapping[str, Any], observed: Observed, settings: OperatorSettings, me: str, now: float
 ) -> Plan:
-    """Decide what to do about one MapReduceJob."""
+    """Decide what to do about one MapReduceJob. Never changes `mrj` or `observed`: each
+    decider below reads them and adds to the plan."""
     plan = Plan()
-    meta = mrj["metadata"]
-    if meta.get("deletionTimestamp"):
+    if mrj["metadata"].get("deletionTimestamp"):
         return plan
-    status = state.status_of(mrj)
-    phase = status.get("phase")
-
+    phase = state.status_of(mrj).get("phase")
     if phase is None:
-        try:
-            cluster_spec(mrj)
-        except SpecError as exc:
-            message = str(exc)
-            cond = _condition("Failed", "True", "InvalidSpec", message, now)
-            plan.patches.append(
-                [
-                    {
-                        "op": "test",
-                        "path": "/metadata/resourceVersion",
-                        "value": meta["resourceVersion"],
-                    },
-                    {
-                        "op": "add",
-                        "path": "/status",
-                        "value": {
-                            "phase": state.FAILED_PHASE,
-                            "message": message,
-                            "completionTime": state.iso(now),
-                            "conditions": [cond],
-                        },
-                    },
-                ]
-            )
-            plan.events.append(("Failed", message, True))
-            return plan
-        plan.patches.append(
-            [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": meta["resourceVersion"],
-                },
-                {
-                    "op": "add",
-                    "path": "/status",
-                    "value": {
-                        "phase": "Deploying",
-                        "deployer": {"h": me, "l": DEPLOY_LEASE_SECONDS},
-                        "progress": {"map": "0/0"},
-                    },
-                },
-            ]
-        )
+        _admit(mrj, me, now, plan)
         return plan
-
     terminal = phase in state.TERMINAL
     if not terminal:
-        deployed = _has_condition(status, "Deployed")
-        deployer = status.get("deployer") or {}
-        mine = deployer.get("h") == me or observed.deployer_stale
-        if (not deployed and mine) or (deployed and observed.batch_job is None):
-            spec = cluster_spec(mrj)
-            plan.create = desired_objects(mrj, spec, settings)
-            if not deployed:
-                cond = _condition(
-                    "Deployed",
-                    "True",
-                    "Deployed",
-                    f"created Job {meta['name']} with {spec.replicas} worker pod(s)",
-                    now,
-                )
-                plan.patches.append(
-                    [
-                        {"op": "test", "path": "/status/phase", "value": phase},
-                        {
-                            "op": "add",
-                            "path": "/status/conditions",
-                            "value": _with_condition(status, cond),
-                        },
-                    ]
-                )
-                plan.events.append(("Deployed", cond["message"], False))
-        failure = worker_failure(observed, now)
-        if failure:
-            plan.patches.append(_fail_patch(mrj, failure, now))
-            plan.events.append(("Failed", failure, True))
-            plan.delete_batch_job = True
+        _deploy(mrj, observed, settings, me, now, plan)
+        if _fail_broken_workers(mrj, observed, now, plan):
             return plan
+    _report_progress(mrj, observed, terminal, plan)
+    _report_task_failures(mrj, plan)
+    if terminal:
+        _finish(mrj, observed, now, plan)
+    return plan
 
+
+def _admit(mrj: Mapping[str, Any], me: str, now: float, plan: Plan) -> None:
+    """A new job: take it (phase Deploying, with this operator's deploy lease), or fail it
+    with the reason it is invalid; the `test` of its resourceVersion lets one operator win."""
+    test = {
+        "op": "test",
+        "path": "/metadata/resourceVersion",
+        "value": mrj["metadata"]["resourceVersion"],
+    }
+    try:
+        cluster_spec(mrj)
+    except SpecError as exc:
+        message = str(exc)
+        cond = _condition("Failed", "True", "InvalidSpec", message, now)
+        failed = {
+            "phase": state.FAILED_PHASE,
+            "message": message,
+            "completionTime": state.iso(now),
+            "conditions": [cond],
+        }
+        plan.patches.append([test, {"op": "add", "path": "/status", "value": failed}])
+        plan.events.append(("Failed", message, True))
+        return
+    taken = {
+        "phase": "Deploying",
+        "deployer": {"h": me, "l": DEPLOY_LEASE_SECONDS},
+        "progress": {"map": "0/0"},
+    }
+    plan.patches.append([test, {"op": "add", "path": "/status", "value": taken}])
+
+
+def _deploy(
+    mrj: Mapping[str, Any],
+    observed: Observed,
+    settings: OperatorSettings,
+    me: str,
+    now: float,
+    plan: Plan,
+) -> None:
+    """Create the owned objects when this operator holds the deploy lease (or the holder's
+    lease went stale), or again when the worker Job is gone; then mark the job Deployed."""
+    status = state.status_of(mrj)
+    deployed = _has_condition(status, "Deployed")
+    mine = (status.get("deployer") or {}).get("h") == me or observed.deployer_stale
+    if not ((not deployed and mine) or (deployed and observed.batch_job is None)):
+        return
+    spec = cluster_spec(mrj)
+    plan.create = desired_objects(mrj, spec, settings)
+    if deployed:
+        return
+    message = f"created Job {mrj['metadata']['name']} with {spec.replicas} worker pod(s)"
+    cond = _condition("Deployed", "True", "Deployed", message, now)
+    plan.patches.append(
+        [
+            {"op": "test", "path": "/status/phase", "value": status.get("phase")},
+            {"op": "add", "path": "/status/conditions", "value": _with_condition(status, cond)},
+        ]
+    )
+    plan.events.append(("Deployed", message, False))
+
+
+def _fail_broken_workers(
+    mrj: Mapping[str, Any], observed: Observed, now: float, plan: Plan
+) -> bool:
+    """A worker Job that failed or pods that can never start fail the job; True if so."""
+    failure = worker_failure(observed, now)
+    if not failure:
+        return False
+    plan.patches.append(_fail_patch(mrj, failure, now))
+    plan.events.append(("Failed", failure, True))
+    plan.delete_batch_job = True
+    return True
+
+
+def _report_progress(
+    mrj: Mapping[str, Any], observed: Observed, terminal: bool, plan: Plan
+) -> None:
+    """Keep `status.progress` (what `kubectl get` shows) current, in steps (`progress_due`)."""
     current = progress(mrj)
-    if progress_due(status.get("progress"), current, terminal, observed.progress_age):
+    old = state.status_of(mrj).get("progress")
+    if progress_due(old, current, terminal, observed.progress_age):
         plan.patches.append([{"op": "add", "path": "/status/progress", "value": current}])
 
+
+def _report_task_failures(mrj: Mapping[str, Any], plan: Plan) -> None:
+    """The failures the workers recorded, for the controller to report once each as Events."""
     for _, error in state.errors_of(mrj):
         plan.task_failures.append(
             (str(error.get("t")), int(error.get("a") or 0), str(error.get("e", "")))
         )
 
-    if terminal:
-        kind = "Complete" if phase == state.SUCCEEDED else "Failed"
-        if not _has_condition(status, kind):
-            message = str(status.get("message") or phase)
-            cond = _condition(kind, "True", phase, message, now)
-            plan.patches.append(
-                [
-                    {
-                        "op": "add",
-                        "path": "/status/conditions",
-                        "value": _with_condition(status, cond),
-                    }
-                ]
-            )
-            if kind == "Complete":
-                plan.events.append(
-                    (
-                        "Completed",
-                        f"{state.result_count(mrj)} result file(s) in {mrj['spec'].get('output')}",
-                        False,
-                    )
-                )
-            else:
-                plan.events.append(("Failed", message, True))
-        if phase == state.FAILED_PHASE and observed.batch_job is not None:
-            active = int((observed.batch_job.get("status") or {}).get("active") or 0)
-            if active:
-                plan.delete_batch_job = True
-        ttl = (mrj.get("spec") or {}).get("ttlSecondsAfterFinished")
-        done_at = state.parse_iso(status.get("completionTime"))
-        if isinstance(ttl, int) and done_at is not None and done_at + ttl <= now:
-            plan.delete_job = True
-    return plan
+
+def _finish(mrj: Mapping[str, Any], observed: Observed, now: float, plan: Plan) -> None:
+    """A finished job: its condition and Event once, lingering workers of a failed job
+    stopped, and the job deleted after `ttlSecondsAfterFinished`."""
+    status = state.status_of(mrj)
+    phase = str(status.get("phase"))
+    kind = "Complete" if phase == state.SUCCEEDED else "Failed"
+    if not _has_condition(status, kind):
+        message = str(status.get("message") or phase)
+        cond = _condition(kind, "True", phase, message, now)
+        plan.patches.append(
+            [{"op": "add", "path": "/status/conditions", "value": _with_condition(status, cond)}]
+        )
+        if kind == "Complete":
+            output = (mrj.get("spec") or {}).get("output")
+            said = f"{state.result_count(mrj)} result file(s) in {output}"
+            plan.events.append(("Completed", said, False))
+        else:
+            plan.events.append(("Failed", message, True))
+    workers = observed.batch_job
+    if phase == state.FAILED_PHASE and workers is not None:
+        plan.delete_batch_job = bool(int((workers.get("status") or {}).get("active") or 0))
+    ttl = (mrj.get("spec") or {}).get("ttlSecondsAfterFinished")
+    done_at = state.parse_iso(status.get("completionTime"))
+    if isinstance(ttl, int) and done_at is not None and done_at + ttl <= now:
+        plan.delete_job = True
 
 
 def refused(mrj: Mapping[str, Any], reason: str, now: float) -> Plan:
@@ -314,8 +320,11 @@ def worker_failure(observed: Observed, now: float) -> str | None:
     for pod in observed.pods:
         name = pod.get("metadata", {}).get("name", "?")
         created = state.parse_iso(pod.get("metadata", {}).get("creationTimestamp")) or now
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        statuses += (pod.get("status") or {}).get("initContainerStatuses") or []
+        pod_status = pod.get("status") or {}
+        statuses = [
+            *(pod_status.get("containerStatuses") or []),
+            *(pod_status.get("initContainerStatuses") or []),
+        ]
         for cs in statuses:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")

@@ -24,6 +24,14 @@ from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered, shell
 from kubemr.state import Task
 
 
+def sort_argv(job: Job, tmp: str | None = None) -> list[str]:
+    """GNU sort by key, then bytewise on whole lines (`partition.sort_keys`): how every map
+    output is sorted and every reduce input merged (run with LC_ALL=C)."""
+    keys = sort_keys(job.spec.separator.encode(), job.spec.key_fields)
+    spill = ["-T", tmp] if tmp else []
+    return ["sort", "-S", job.config.sort_memory, *spill, *keys]
+
+
 @dataclass
 class Attempt:
     """The context of one running attempt."""
@@ -91,11 +99,8 @@ class Attempt:
         return os.path.join(self.root, "tmp")
 
     def sort_argv(self, *extra: str) -> list[str]:
-        """GNU sort by key, then bytewise on whole lines (`partition.sort_keys`), spilling to
-        this attempt's tmp directory."""
-        spec = self.job.spec
-        keys = sort_keys(spec.separator.encode(), spec.key_fields)
-        return ["sort", "-S", self.job.config.sort_memory, "-T", self.tmp, *keys, *extra]
+        """`sort_argv` of this job, spilling to this attempt's tmp directory."""
+        return [*sort_argv(self.job, self.tmp), *extra]
 
     def sort_env(self) -> dict[str, str]:
         env = dict(self.job.config.base_env)

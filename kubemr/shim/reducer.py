@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kubemr import layout
 from kubemr.reporter import Counters
 from kubemr.shim.attempt import Attempt
+from kubemr.shim.job import Job
 from kubemr.shim.process import Proc, wait_all
 from kubemr.state import Task
 from kubemr.storage.base import Storage
@@ -34,18 +35,20 @@ def run_urls(workdir: str, map_attempts: Sequence[int], partition: int) -> list[
     ]
 
 
-def local_runs(att: Attempt, urls: list[str]) -> list[str]:
-    """Local paths of the runs, fetching those that are not on this disk."""
-    paths: list[str | None] = [att.job.storage(u).local_path(u) for u in urls]
+def fetch_runs(
+    job: Job, urls: list[str], fetch_dir: str, check: Callable[[], None] = lambda: None
+) -> list[str]:
+    """Local paths of the runs: those on this disk as they are, the others fetched into
+    `fetch_dir` (in parallel, calling `check` before each, so a stopped task stops)."""
+    paths: list[str | None] = [job.storage(u).local_path(u) for u in urls]
     missing = [i for i, p in enumerate(paths) if p is None]
     if missing:
-        fetch_dir = os.path.join(att.root, "runs")
         os.makedirs(fetch_dir, exist_ok=True)
 
         def fetch(i: int) -> None:
-            att.watch.check()
+            check()
             target = os.path.join(fetch_dir, f"{i:06d}")
-            fetch_to(att.job.storage(urls[i]), urls[i], target)
+            fetch_to(job.storage(urls[i]), urls[i], target)
             paths[i] = target
 
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
@@ -58,12 +61,12 @@ def fetch_to(storage: Storage, url: str, path: str) -> None:
         shutil.copyfileobj(src, dst, 1024 * 1024)
 
 
-def merge_argv(att: Attempt, runs: list[str]) -> list[str]:
-    """`sort -m` over the runs, named through a NUL-separated list (no argv length limit)."""
-    listing = os.path.join(att.root, "runs.lst")
+def merge_argv(sort_argv: list[str], runs: list[str], listing: str) -> list[str]:
+    """`sort -m` over the runs, named through a NUL-separated list at `listing` (no argv
+    length limit); `sort_argv` is the sort that made them, keys and all."""
     with open(listing, "wb") as f:
         f.write(b"".join(os.fsencode(r) + b"\0" for r in runs))
-    return att.sort_argv("-m", f"--files0-from={listing}")
+    return [*sort_argv, "-m", f"--files0-from={listing}"]
 
 
 def run_reduce(att: Attempt, workdir: str, map_attempts: Sequence[int]) -> Counters:
@@ -73,14 +76,15 @@ def run_reduce(att: Attempt, workdir: str, map_attempts: Sequence[int]) -> Count
     assert reduce_cmd is not None
     partition = att.task.index
     env = job.task_env(att.task, att.number, {"KUBEMR_PARTITION": str(partition)})
-    runs = local_runs(att, run_urls(workdir, map_attempts, partition))
+    urls = run_urls(workdir, map_attempts, partition)
+    runs = fetch_runs(job, urls, os.path.join(att.root, "runs"), att.watch.check)
     local = os.path.join(att.out, layout.result_name(att.task))
     procs: list[Proc] = []
     with open(local, "wb") as out:
         if runs:
             merger = att.proc(
                 "merge (sort -m)",
-                merge_argv(att, runs),
+                merge_argv(att.sort_argv(), runs, os.path.join(att.root, "runs.lst")),
                 att.sort_env(),
                 subprocess.DEVNULL,
                 subprocess.PIPE,

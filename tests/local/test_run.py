@@ -418,6 +418,9 @@ def test_intermediate_data_removed_after_success(kubemr: Kubemr) -> None:
     work = kubemr.run_dir("clean") / "work"
     assert not (work / "data").exists()
     assert any(work.glob("plan-a*.json"))
+    replay = kubemr("replay", "clean", "--task", "reduce-0")
+    assert replay.returncode == 1 and "spec.keepIntermediate: true" in replay.stderr
+    assert "Traceback" not in replay.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "4"])
