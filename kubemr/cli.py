@@ -213,6 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     from kubemr import cluster, commands, runs
 
+    if args.command == "operator":  # imported only where they run
+        from kubemr.operator.controller import cmd_operator
+
+        return cmd_operator(args)
+    if args.command == "shim":
+        from kubemr.shim.worker import cmd_shim
+
+        return cmd_shim(args)
+
     handlers = {
         "run": commands.cmd_run,
         "validate": commands.cmd_validate,
@@ -220,9 +229,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "results": commands.cmd_results,
         "logs": commands.cmd_logs,
         "replay": commands.cmd_replay,
-        "shim": commands.cmd_shim,
         "submit": cluster.cmd_submit,
-        "operator": commands.cmd_operator,
         "runs": runs.cmd_runs,
         "delete": runs.cmd_delete,
     }

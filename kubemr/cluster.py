@@ -22,9 +22,9 @@ from typing import Any
 from kubemr import reporter, state
 from kubemr.errors import JobNotFound, RunError
 from kubemr.kube import Kube, KubeConfig, KubeError
-from kubemr.local import find_run, read_manifest, resolve_input
-from kubemr.operator.reconcile import cluster_spec
+from kubemr.manifest import cluster_spec, read_manifest, resolve_input
 from kubemr.progress import Progress
+from kubemr.runs import find_run
 from kubemr.spec import JobSpec, parse_manifest
 from kubemr.storage import join, storage_for
 from kubemr.storage.base import Storage, StorageConfig

@@ -22,19 +22,11 @@ from typing import Any
 from kubemr import layout, reporter, state
 from kubemr.cluster import locate, pod_logs
 from kubemr.errors import KubemrError, NotFound, RunError, RunMismatch, SpecError
-from kubemr.local import (
-    LocalRun,
-    check_inputs,
-    check_output,
-    lock_run,
-    prepare,
-    read_manifest,
-    run_spec,
-    runs_home,
-    spec_differences,
-)
+from kubemr.local import LocalRun, check_inputs, check_output, prepare, run_spec, spec_differences
+from kubemr.manifest import read_manifest
 from kubemr.plan import load_plan
 from kubemr.progress import describe
+from kubemr.runs import lock_run, runs_home
 from kubemr.shim import config as shim_config
 from kubemr.shim.attempt import Failure
 from kubemr.shim.job import Job
@@ -145,7 +137,7 @@ def _report(
 
 def _job(doc: dict[str, Any]) -> Job:
     """The job as this machine reaches its data (through $AWS_ENDPOINT_URL when set)."""
-    config = shim_config.from_env({**os.environ, "KUBEMR_STORE": "-"})
+    config = shim_config.from_env(for_worker=False)
     config = dataclasses.replace(config, endpoint_override=os.environ.get("AWS_ENDPOINT_URL"))
     return Job.from_doc(doc, config)
 
@@ -402,29 +394,3 @@ def _replay_reduce(
     code = reducer.wait()
     merger.wait()
     return code
-
-
-def cmd_operator(args: argparse.Namespace) -> int:
-    from kubemr.operator.controller import main as operator_main
-    from kubemr.operator.desired import OperatorSettings
-
-    defaults = OperatorSettings()
-    lease = os.environ.get("KUBEMR_WORKER_LEASE_SECONDS", "")
-    settings = OperatorSettings(
-        image=args.image or os.environ.get("KUBEMR_IMAGE") or defaults.image,
-        lease_seconds=int(lease) if lease.isdigit() and int(lease) >= 2 else defaults.lease_seconds,
-        s3_endpoint=os.environ.get("KUBEMR_S3_ENDPOINT") or None,
-    )
-    return operator_main(args.namespace, settings, args.kubeconfig, args.context)
-
-
-def cmd_shim(args: argparse.Namespace) -> int:
-    if args.install_executor:
-        from kubemr.shim import exchange
-
-        exchange.install(args.install_executor)
-        print(f"installed the executor in {args.install_executor}")
-        return 0
-    from kubemr.shim.worker import main as shim_main
-
-    return shim_main(shim_config.from_env())

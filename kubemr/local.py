@@ -14,7 +14,6 @@ that already holds results) is checked before anything starts.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import signal
@@ -28,41 +27,19 @@ from typing import Any
 
 from kubemr import output as output_checks
 from kubemr import state
-from kubemr.errors import InputError, KubemrError, RunError, SpecError
+from kubemr.errors import KubemrError, RunError, SpecError
+from kubemr.manifest import read_manifest, resolve_input
 from kubemr.plan import list_inputs
 from kubemr.progress import Progress
 from kubemr.shim import exchange
 from kubemr.shim.process import kill_registered
-from kubemr.spec import SIDECAR, JobSpec, load_manifest, opaque_text, parse_manifest, scheme_of
+from kubemr.spec import SIDECAR, JobSpec, parse_manifest
 from kubemr.storage import storage_for, to_url
 from kubemr.storage.base import StorageConfig
 from kubemr.store.sqlite import SqliteStore
 
 WORKER_GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.2
-
-
-def runs_home(env: Mapping[str, str] | None = None) -> str:
-    """Where runs live: $KUBEMR_HOME/runs, else $XDG_STATE_HOME/kubemr/runs."""
-    env = os.environ if env is None else env
-    if env.get("KUBEMR_HOME"):
-        return os.path.join(env["KUBEMR_HOME"], "runs")
-    state_home = env.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(state_home, "kubemr", "runs")
-
-
-def find_run(name_or_dir: str) -> str:
-    """The run directory for a run name or a path; raises RunError if there is none."""
-    candidates = [name_or_dir, os.path.join(runs_home(), name_or_dir)]
-    for path in candidates:
-        if os.path.isfile(os.path.join(path, "job.db")):
-            return os.path.abspath(path)
-    raise RunError(
-        f"no local run named {name_or_dir!r} (looked in {runs_home()}); give a run name or the "
-        "run directory that `kubemr run` printed."
-    )
 
 
 @dataclass(frozen=True)
@@ -72,35 +49,6 @@ class Prepared:
     manifest: dict[str, Any]
     spec: JobSpec
     name: str
-
-
-def read_manifest(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError as exc:
-        raise SpecError(
-            f"{path} does not exist; give the path of a MapReduceJob manifest."
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}.") from exc
-    return load_manifest(text, path)
-
-
-def resolve_input(item: str, base: str) -> str:
-    """A path (absolute, relative to the manifest's directory, or ~) becomes file://; URLs and
-    `opaque:TEXT` stay as they are. A path that does not exist is refused here, with the rule."""
-    if opaque_text(item) is not None or scheme_of(item) is not None:
-        return item
-    url = to_url(item, base)
-    if not os.path.lexists(url[len("file://") :].rstrip("/") or "/"):
-        where = "" if item.startswith(("/", "~")) else f" (no {url[len('file://') :]})"
-        raise InputError(
-            f"input {item} does not exist{where}; check the path (relative paths are taken from "
-            f"the manifest's directory), or write opaque:{item} to hand the string to the map "
-            "command as-is."
-        )
-    return url
 
 
 def prepare(path: str, output: str | None, env: Mapping[str, str]) -> Prepared:
@@ -165,29 +113,6 @@ def check_output(output: str, spec: JobSpec) -> None:
     output_checks.check_output(
         output, spec.inputs, lambda url: storage_for(url, config), "give another --output"
     )
-
-
-def lock_run(run_dir: str) -> int:
-    """Hold `<run dir>/run.lock` for as long as this process runs the job (the lock goes with
-    the process, however it ends); returns the file descriptor. Raises RunError naming the
-    process that holds it, so that a second `kubemr run` never takes over live tasks."""
-    path = os.path.join(run_dir, "run.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise RunError(f"cannot open {path}: {exc.strerror or exc}.") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise RunError(
-            f"{run_dir} is being run by process {holder}; wait for it to end, or stop it "
-            f"(Ctrl-C in its terminal, or kill {holder}) and run this again to resume."
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
 
 
 class LocalRun:

@@ -11,16 +11,63 @@ is running (it holds `run.lock`) is never deleted.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kubemr import state
 from kubemr.errors import KubemrError, RunError, UsageError
-from kubemr.local import find_run, lock_run, runs_home
 from kubemr.store.sqlite import SqliteStore
+
+
+def runs_home(env: Mapping[str, str] | None = None) -> str:
+    """Where runs live: $KUBEMR_HOME/runs, else $XDG_STATE_HOME/kubemr/runs."""
+    env = os.environ if env is None else env
+    if env.get("KUBEMR_HOME"):
+        return os.path.join(env["KUBEMR_HOME"], "runs")
+    state_home = env.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state_home, "kubemr", "runs")
+
+
+def find_run(name_or_dir: str) -> str:
+    """The run directory for a run name or a path; raises RunError if there is none."""
+    candidates = [name_or_dir, os.path.join(runs_home(), name_or_dir)]
+    for path in candidates:
+        if os.path.isfile(os.path.join(path, "job.db")):
+            return os.path.abspath(path)
+    raise RunError(
+        f"no local run named {name_or_dir!r} (looked in {runs_home()}); give a run name or the "
+        "run directory that `kubemr run` printed."
+    )
+
+
+def lock_run(run_dir: str) -> int:
+    """Hold `<run dir>/run.lock` for as long as this process runs the job (the lock goes with
+    the process, however it ends); returns the file descriptor. Raises RunError naming the
+    process that holds it, so that a second `kubemr run` never takes over live tasks."""
+    path = os.path.join(run_dir, "run.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunError(f"cannot open {path}: {exc.strerror or exc}.") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunError(
+            f"{run_dir} is being run by process {holder}; wait for it to end, or stop it "
+            f"(Ctrl-C in its terminal, or kill {holder}) and run this again to resume."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 @dataclass(frozen=True)

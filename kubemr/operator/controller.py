@@ -9,6 +9,7 @@ or expires (410 Gone), so missed events cost at most one resync.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -191,6 +192,18 @@ class Controller:
         if plan.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed; deleting", ns, name)
             self.kube.delete_job(ns, name)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """`kubemr operator`: settings from the flags and the environment, then `main`."""
+    defaults = OperatorSettings()
+    lease = os.environ.get("KUBEMR_WORKER_LEASE_SECONDS", "")
+    settings = OperatorSettings(
+        image=args.image or os.environ.get("KUBEMR_IMAGE") or defaults.image,
+        lease_seconds=int(lease) if lease.isdigit() and int(lease) >= 2 else defaults.lease_seconds,
+        s3_endpoint=os.environ.get("KUBEMR_S3_ENDPOINT") or None,
+    )
+    return main(args.namespace, settings, args.kubeconfig, args.context)
 
 
 def main(

@@ -27,8 +27,8 @@ from typing import Any
 
 from kubemr import state
 from kubemr.errors import SpecError
+from kubemr.manifest import cluster_spec
 from kubemr.operator.desired import OperatorSettings, desired_objects
-from kubemr.spec import JobSpec, opaque_text, parse_manifest, scheme_of
 
 DEPLOY_LEASE_SECONDS = 60
 #: Pod waiting reasons that mean a pod will never start by itself.
@@ -61,26 +61,6 @@ class Plan:
     delete_batch_job: bool = False
     delete_job: bool = False
     task_failures: list[tuple[str, int, str]] = field(default_factory=list)  # (task, try, error)
-
-
-def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
-    """Validate a MapReduceJob the way `kubemr validate` does, plus what only a cluster needs."""
-    spec = parse_manifest(mrj)
-    if not spec.output:
-        raise SpecError("spec.output is required on a cluster; give an s3://bucket/prefix/ URL.")
-    if not spec.output.startswith("s3://"):
-        raise SpecError(
-            f"spec.output must be an s3:// URL on a cluster (pods cannot write your disk), "
-            f"got {spec.output!r}."
-        )
-    for i, item in enumerate(spec.inputs):
-        if opaque_text(item) is None and scheme_of(item) in (None, "file"):
-            raise SpecError(
-                f"spec.inputs[{i}] is a local path ({item}); pods cannot read your disk: give an "
-                "s3:// URL, or submit with `kubemr submit --upload` to copy it to S3 first (a "
-                f"string meant for the map command as-is is written opaque:{item})."
-            )
-    return spec
 
 
 def _condition(kind: str, status: str, reason: str, message: str, now: float) -> dict[str, Any]:

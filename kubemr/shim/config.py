@@ -89,11 +89,13 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float) -> fl
     return value
 
 
-def from_env(env: Mapping[str, str] | None = None) -> ShimConfig:
-    """Build the configuration from `env` (the process environment by default)."""
+def from_env(env: Mapping[str, str] | None = None, *, for_worker: bool = True) -> ShimConfig:
+    """Build the configuration from `env` (the process environment by default). With
+    `for_worker` False, for the CLI's own use of a job's data (`kubemr replay`, `results`), which
+    needs no job store of its own: `store_url` is then empty."""
     env = dict(os.environ if env is None else env)
-    store = env.get("KUBEMR_STORE")
-    if not store:
+    store = env.get("KUBEMR_STORE", "") if for_worker else ""
+    if for_worker and not store:
         raise ConfigError(
             "KUBEMR_STORE is not set; the shim is started by `kubemr run` or by the operator, "
             "which point it at the job (sqlite:///path/job.db or kube://namespace/name)."

@@ -19,6 +19,7 @@ lost race from a lost answer from a refused patch.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
@@ -38,7 +39,8 @@ from kubemr.errors import (
     SpecError,
     TemporaryError,
 )
-from kubemr.shim import sidecar
+from kubemr.shim import config as shim_config
+from kubemr.shim import exchange, sidecar
 from kubemr.shim.config import ShimConfig
 from kubemr.shim.job import Job
 from kubemr.shim.process import Stopped, Watch
@@ -638,6 +640,16 @@ def _prefixed(what: str, text: str) -> str:
     unless `text` already names it (an error reading that input says which it is)."""
     subject = what.removeprefix("input ").split(" bytes ")[0].split(" and ")[0].rstrip(": ")
     return text if subject and subject in text else what + text
+
+
+def cmd_shim(args: argparse.Namespace) -> int:
+    """`kubemr shim`: the worker loop configured from the environment, or, with
+    --install-executor DIR, put the sidecar executor in place and exit."""
+    if args.install_executor:
+        exchange.install(args.install_executor)
+        print(f"installed the executor in {args.install_executor}")
+        return 0
+    return main(shim_config.from_env())
 
 
 def main(config: ShimConfig) -> int:

@@ -1,0 +1,68 @@
+"""A manifest read from a file and made concrete for where it runs.
+
+What `kubemr run`, `kubemr submit` and the operator share: reading the YAML
+file (`read_manifest`), turning a path input into a URL against the
+manifest's directory (`resolve_input`, with the rule that a path must exist
+and a string meant as-is is written `opaque:TEXT`), and the checks only a
+cluster needs on top of validation (`cluster_spec`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from kubemr.errors import InputError, SpecError
+from kubemr.spec import JobSpec, load_manifest, opaque_text, parse_manifest, scheme_of
+from kubemr.storage import to_url
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The manifest in the YAML file `path`, parsed (not yet validated: `parse_manifest`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError as exc:
+        raise SpecError(
+            f"{path} does not exist; give the path of a MapReduceJob manifest."
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}.") from exc
+    return load_manifest(text, path)
+
+
+def resolve_input(item: str, base: str) -> str:
+    """A path (absolute, relative to the manifest's directory, or ~) becomes file://; URLs and
+    `opaque:TEXT` stay as they are. A path that does not exist is refused here, with the rule."""
+    if opaque_text(item) is not None or scheme_of(item) is not None:
+        return item
+    url = to_url(item, base)
+    if not os.path.lexists(url[len("file://") :].rstrip("/") or "/"):
+        where = "" if item.startswith(("/", "~")) else f" (no {url[len('file://') :]})"
+        raise InputError(
+            f"input {item} does not exist{where}; check the path (relative paths are taken from "
+            f"the manifest's directory), or write opaque:{item} to hand the string to the map "
+            "command as-is."
+        )
+    return url
+
+
+def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
+    """Validate a MapReduceJob the way `kubemr validate` does, plus what only a cluster needs."""
+    spec = parse_manifest(mrj)
+    if not spec.output:
+        raise SpecError("spec.output is required on a cluster; give an s3://bucket/prefix/ URL.")
+    if not spec.output.startswith("s3://"):
+        raise SpecError(
+            f"spec.output must be an s3:// URL on a cluster (pods cannot write your disk), "
+            f"got {spec.output!r}."
+        )
+    for i, item in enumerate(spec.inputs):
+        if opaque_text(item) is None and scheme_of(item) in (None, "file"):
+            raise SpecError(
+                f"spec.inputs[{i}] is a local path ({item}); pods cannot read your disk: give an "
+                "s3:// URL, or submit with `kubemr submit --upload` to copy it to S3 first (a "
+                f"string meant for the map command as-is is written opaque:{item})."
+            )
+    return spec
