@@ -27,7 +27,7 @@ from typing import Any
 
 from kubemr import output as output_checks
 from kubemr import state
-from kubemr.errors import KubemrError, RunError, SpecError
+from kubemr.errors import InputError, KubemrError, RunError, SpecError, TemporaryError
 from kubemr.manifest import read_manifest, resolve_input
 from kubemr.plan import list_inputs
 from kubemr.progress import Progress
@@ -103,7 +103,10 @@ def _suffix() -> str:
 def check_inputs(spec: JobSpec) -> int:
     """List every input now, so a missing or unreachable one stops the run before it starts."""
     config = StorageConfig(spec.storage.endpoint, spec.storage.region)
-    found = list_inputs(spec.inputs, lambda url: storage_for(url, config).list(url))
+    try:
+        found = list_inputs(spec.inputs, lambda url: storage_for(url, config).list(url))
+    except TemporaryError as exc:  # a worker would retry; before the start, the user decides
+        raise InputError(f"{str(exc).rstrip('.')}; check that it is up, then run again.") from exc
     return len(found)
 
 
