@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -172,3 +173,29 @@ def sh(command: str, stdin: bytes = b"", cwd: Path | None = None) -> bytes:
     return subprocess.run(
         ["sh", "-c", command], input=stdin, capture_output=True, check=True, cwd=cwd, env=env
     ).stdout
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """The first true value of `predicate` (polled; a read of a file being written may fail
+    meanwhile), or AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (OSError, KeyError, TypeError, ValueError, sqlite3.Error):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_task(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
+    """(index, entry) of a map task a worker holds, if any (`tasks`)."""
+    if not (run_dir / "job.db").exists():
+        return None
+    doc = read_doc(run_dir)
+    for i, entry in enumerate(tasks(doc)):
+        if entry["s"] == "r":
+            return i, entry
+    return None

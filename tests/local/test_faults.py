@@ -9,15 +9,22 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Kubemr, read_doc, results, tasks, unique_seconds, worker_pids
+from conftest import (
+    Kubemr,
+    read_doc,
+    results,
+    running_task,
+    tasks,
+    unique_seconds,
+    wait_for,
+    worker_pids,
+)
 
 
 def make_inputs(root: Path, files: int) -> Path:
@@ -35,29 +42,6 @@ def expected_output(data: Path) -> list[bytes]:
     for f in sorted(data.iterdir()):
         lines.extend(f.read_bytes().splitlines(keepends=True))
     return sorted(lines)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (OSError, KeyError, TypeError, ValueError, sqlite3.Error):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def running_task(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
-    if not (run_dir / "job.db").exists():
-        return None
-    doc = read_doc(run_dir)
-    for i, entry in enumerate(tasks(doc)):
-        if entry["s"] == "r":
-            return i, entry
-    return None
 
 
 #: Claims of one task (the local default), and of several tasks under one lease (as on a cluster).

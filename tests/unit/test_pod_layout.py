@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_reconcile_bad_input import SETTINGS, check_locked_down, good_spec, mrj
+from jobs_support import SETTINGS, check_locked_down, good_spec, mrj
 
 from kubemr.errors import SpecError
 from kubemr.operator.desired import EXCHANGE, desired_objects

@@ -10,56 +10,31 @@ survive a job the API server then refuses to run.
 
 from __future__ import annotations
 
-import copy
+import logging
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_spec import assert_one_sentence, json_scalars, json_values, spec_bodies
+from jobs_support import (
+    ME,
+    NOW,
+    SETTINGS,
+    assert_one_sentence,
+    check_locked_down,
+    deploying,
+    good_spec,
+    json_scalars,
+    json_values,
+    mrj,
+    spec_bodies,
+)
 
 from kubemr.errors import Conflict
 from kubemr.kube import Invalid
 from kubemr.operator.controller import Controller, ControllerConfig
-from kubemr.operator.desired import OperatorSettings
 from kubemr.operator.reconcile import Observed, Plan, reconcile
-from kubemr.spec import API_VERSION, KIND, MAX_FILES_BYTES
-
-ME = "operator-a"
-NOW = 1_700_000_000.0
-SETTINGS = OperatorSettings()
-
-
-def mrj(spec: Any, status: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
-    """A MapReduceJob as the API server returns it: metadata filled in, `spec` as given."""
-    doc: dict[str, Any] = {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {
-            "name": "job-a",
-            "namespace": "team",
-            "uid": "0000-1111",
-            "resourceVersion": "42",
-            "creationTimestamp": "2024-01-01T00:00:00Z",
-            **meta,
-        },
-        "spec": spec,
-    }
-    if status is not None:
-        doc["status"] = status
-    return doc
-
-
-def good_spec(**changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"inputs": ["s3://in/data/"], "map": "cat", "output": "s3://out/r/"}
-    spec.update(changes)
-    return spec
-
-
-def deploying(doc: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    out["status"] = {"phase": "Deploying", "deployer": {"h": ME, "x": int(NOW) + 60}}
-    return out
+from kubemr.spec import MAX_FILES_BYTES
 
 
 def failed_message(plan: Plan) -> str:
@@ -73,38 +48,6 @@ def failed_message(plan: Plan) -> str:
     assert plan.events == [("Failed", status["message"], True)]
     assert_one_sentence(status["message"])
     return str(status["message"])
-
-
-def check_locked_down(objects: list[dict[str, Any]]) -> None:
-    """The worker Job keeps its identity, command and security settings, whatever was merged."""
-    job = objects[-1]
-    assert job["kind"] == "Job"
-    pod = job["spec"]["template"]["spec"]
-    for key in ("hostNetwork", "hostPID", "hostIPC", "ephemeralContainers"):
-        assert key not in pod
-    assert pod["serviceAccountName"] == "job-a-worker"
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert all(isinstance(v, dict) and "hostPath" not in v for v in pod["volumes"])
-    (container,) = pod["containers"]
-    init = pod.get("initContainers", [])
-    if init:  # sidecar mode: only kubemr's own init containers, and the executor
-        assert [c["command"][:2] for c in init] == [["kubemr", "shim"]] * 2
-        assert [c["image"] for c in init] == [SETTINGS.image] * 2
-        assert container["command"][:2] == ["/bin/sh", "/scratch/.executor/executor.sh"]
-    else:
-        assert container["command"] == ["kubemr", "shim"]
-    for one in [container, *init]:
-        assert one["securityContext"] == {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        }
-        for item in one.get("env", []):
-            assert isinstance(item, dict)
-            if item["name"].startswith("AWS_SECRET"):
-                assert "value" not in item and "secretKeyRef" in item["valueFrom"]
 
 
 def decide_twice(doc: dict[str, Any]) -> None:
@@ -334,9 +277,20 @@ def test_an_object_the_api_server_refuses_fails_the_job() -> None:
     assert kube.events == [("Failed", message)]
 
 
-def test_an_unexpected_error_in_one_job_does_not_stop_the_operator() -> None:
+def test_an_unexpected_error_in_one_job_does_not_stop_the_operator(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job whose status no decider can read is logged with its traceback and skipped; the
+    next job is still handled."""
     kube = RefusingKube(mrj(good_spec()))
     controller = Controller(kube, ControllerConfig(identity=ME))  # type: ignore[arg-type]
     broken = mrj(good_spec(), status={"phase": "Mapping", "map": "not a list of tasks"})
     broken["status"]["conditions"] = "not a list"
-    controller.reconcile(broken)  # logs, does not raise
+    with caplog.at_level(logging.WARNING, logger="kubemr.operator"):
+        controller.reconcile(broken)  # logs, does not raise
+    (record,) = [r for r in caplog.records if "team/job-a" in r.getMessage()]
+    assert "reconciling team/job-a failed" in record.getMessage()
+    assert record.levelno >= logging.WARNING
+    assert not kube.patches and not kube.created
+    controller.reconcile(deploying(mrj(good_spec())))
+    assert kube.created  # the operator went on with the next job

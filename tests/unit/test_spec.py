@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jobs_support import assert_one_sentence, json_scalars, json_values, spec_bodies
 
 from kubemr.errors import SpecError
 from kubemr.spec import (
@@ -24,8 +25,6 @@ from kubemr.spec import (
     KIND,
     MAX_FILES_BYTES,
     METADATA_FIELDS,
-    SPEC_FIELDS,
-    STORAGE_FIELDS,
     JobSpec,
     StorageSpec,
     load_manifest,
@@ -65,14 +64,6 @@ def spec_error(doc: Any) -> str:
     message = str(info.value)
     assert_one_sentence(message)
     return message
-
-
-def assert_one_sentence(message: str) -> None:
-    assert message.strip(), "empty error message"
-    assert "\n" not in message, f"multi-line error message: {message!r}"
-    assert "Traceback" not in message
-    assert message.endswith((".", "?")) and not message.endswith(("?.", "..")), message
-    assert len(message) < 1000, f"error message too long: {message[:200]!r}..."
 
 
 # Good manifests
@@ -507,34 +498,6 @@ def test_load_manifest_refuses_absurd_nesting() -> None:
 
 # Nothing but SpecError, whatever the input
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**40), max_value=2**40)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-    | st.sampled_from(["64Mi", "1G", "s3://b/k", "http://x/", "/a/../b", "KUBEMR_X", "..", "\t"])
-)
-field_names = (
-    st.sampled_from(SPEC_FIELDS)
-    | st.sampled_from(STORAGE_FIELDS)
-    | st.sampled_from(METADATA_FIELDS)
-    | st.text(max_size=8)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(field_names, children, max_size=5)
-    ),
-    max_leaves=10,
-)
-spec_bodies = st.builds(
-    lambda base, more: {**more, **base},
-    st.fixed_dictionaries(
-        {}, optional={"inputs": st.lists(json_scalars, max_size=3), "map": json_scalars}
-    ),
-    st.dictionaries(st.sampled_from(SPEC_FIELDS), json_values, max_size=4),
-)
 manifests = st.fixed_dictionaries(
     {
         "apiVersion": st.just(API_VERSION) | json_scalars,
