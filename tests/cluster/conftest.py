@@ -15,10 +15,13 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 from devcluster_support import Cluster, in_ci, read_env, wait_until
 from kubernetes import config
+from operator_support import CORPUS, LEASE_SECONDS, kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVCLUSTER = ROOT / "hack" / "devcluster"
@@ -83,3 +86,93 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         yield name
     finally:
         cluster.core.delete_namespace(name)
+
+
+# Shared by the operator tests (kubemr installed, S3 and a corpus in it, a namespace with the
+# S3 Secret) and the store tests (the CRD alone).
+
+CRD = ROOT / "manifests" / "crd.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    wait_until(
+        "the MapReduceJob CRD to be established",
+        lambda: (
+            "True"
+            in cluster.kubectl(
+                "get",
+                "crd",
+                "mapreducejobs.kubemr.io",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            ).stdout
+        ),
+        60,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster) -> Iterator[None]:
+    """kubemr installed with `kubectl apply -k manifests/`, its operator pod running."""
+    out = kubectl(cluster, "apply", "--server-side", "-k", str(ROOT / "manifests"))
+    assert "customresourcedefinition.apiextensions.k8s.io/mapreducejobs.kubemr.io" in out.stdout
+    # Short leases, so a killed worker's task is taken over in seconds.
+    kubectl(
+        cluster,
+        "-n",
+        "kubemr-system",
+        "set",
+        "env",
+        "deployment/kubemr-operator",
+        f"KUBEMR_WORKER_LEASE_SECONDS={LEASE_SECONDS}",
+        f"KUBEMR_S3_ENDPOINT={cluster.env['AWS_ENDPOINT_URL']}",
+    )
+    kubectl(
+        cluster,
+        "-n",
+        "kubemr-system",
+        "rollout",
+        "status",
+        "deployment/kubemr-operator",
+        "--timeout=120s",
+    )
+    yield
+
+
+@pytest.fixture(scope="module")
+def s3(cluster: Cluster) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=cluster.env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=cluster.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=cluster.env["AWS_SECRET_ACCESS_KEY"],
+        region_name=cluster.env.get("AWS_REGION", "us-east-1"),
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(s3: Any) -> str:
+    """The bash example's corpus in the devcluster's S3: s3://bucket/corpus/."""
+    bucket = f"kubemr-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    for path in CORPUS:
+        s3.put_object(Bucket=bucket, Key=f"corpus/{path.name}", Body=path.read_bytes())
+    return bucket
+
+
+@pytest.fixture
+def ns(cluster: Cluster, namespace: str, installed: None) -> str:
+    """A namespace with the `aws` Secret for the devcluster's S3."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "aws", "namespace": namespace},
+        "stringData": {
+            "aws_access_key_id": cluster.env["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": cluster.env["AWS_SECRET_ACCESS_KEY"],
+        },
+    }
+    cluster.core.create_namespaced_secret(namespace, secret)
+    return namespace

@@ -12,12 +12,11 @@ import json
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 from contract_store import MakeStore, Reopen, StoreContract
-from devcluster_support import Cluster, wait_until
+from devcluster_support import Cluster
 
 from kubemr.errors import Refused
 from kubemr.kube import Kube, KubeConfig
@@ -26,27 +25,6 @@ from kubemr.store.kube import KubeStore
 from kubemr.store.writes import Writer
 
 pytestmark = pytest.mark.cluster
-
-CRD = Path(__file__).resolve().parents[2] / "manifests" / "crd.yaml"
-
-
-@pytest.fixture(scope="module")
-def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    wait_until(
-        "the MapReduceJob CRD to be established",
-        lambda: (
-            "True"
-            in cluster.kubectl(
-                "get",
-                "crd",
-                "mapreducejobs.kubemr.io",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-            ).stdout
-        ),
-        60,
-    )
 
 
 class TestKubeStore(StoreContract):

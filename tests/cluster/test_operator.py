@@ -8,182 +8,33 @@ and their results must be byte-identical to `kubemr run` on the same inputs.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 from devcluster_support import Cluster, wait_until
+from operator_support import (
+    CORPUS,
+    EXAMPLES,
+    cluster_manifest,
+    create,
+    events,
+    get,
+    kubectl,
+    local_results,
+    s3_objects,
+    wait_phase,
+)
 
 from kubemr import state
 
 pytestmark = pytest.mark.cluster
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
-CORPUS = sorted(p for p in (EXAMPLES / "bash-wordcount" / "corpus").glob("*.txt"))
-LEASE_SECONDS = "5"
-
-
-def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return cluster.kubectl(*args, check=check)
-
-
-@pytest.fixture(scope="module")
-def installed(cluster: Cluster) -> Iterator[None]:
-    """kubemr installed with `kubectl apply -k manifests/`, its operator pod running."""
-    out = kubectl(cluster, "apply", "--server-side", "-k", str(ROOT / "manifests"))
-    assert "customresourcedefinition.apiextensions.k8s.io/mapreducejobs.kubemr.io" in out.stdout
-    # Short leases, so a killed worker's task is taken over in seconds.
-    kubectl(
-        cluster,
-        "-n",
-        "kubemr-system",
-        "set",
-        "env",
-        "deployment/kubemr-operator",
-        f"KUBEMR_WORKER_LEASE_SECONDS={LEASE_SECONDS}",
-        f"KUBEMR_S3_ENDPOINT={cluster.env['AWS_ENDPOINT_URL']}",
-    )
-    kubectl(
-        cluster,
-        "-n",
-        "kubemr-system",
-        "rollout",
-        "status",
-        "deployment/kubemr-operator",
-        "--timeout=120s",
-    )
-    yield
-
-
-@pytest.fixture(scope="module")
-def s3(cluster: Cluster) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=cluster.env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=cluster.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=cluster.env["AWS_SECRET_ACCESS_KEY"],
-        region_name=cluster.env.get("AWS_REGION", "us-east-1"),
-    )
-
-
-@pytest.fixture(scope="module")
-def corpus(s3: Any) -> str:
-    """The bash example's corpus in the devcluster's S3: s3://bucket/corpus/."""
-    bucket = f"kubemr-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    for path in CORPUS:
-        s3.put_object(Bucket=bucket, Key=f"corpus/{path.name}", Body=path.read_bytes())
-    return bucket
-
-
-@pytest.fixture
-def ns(cluster: Cluster, namespace: str, installed: None) -> str:
-    """A namespace with the `aws` Secret for the devcluster's S3."""
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "aws", "namespace": namespace},
-        "stringData": {
-            "aws_access_key_id": cluster.env["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": cluster.env["AWS_SECRET_ACCESS_KEY"],
-        },
-    }
-    cluster.core.create_namespaced_secret(namespace, secret)
-    return namespace
-
-
-def cluster_manifest(
-    cluster: Cluster, example: str, bucket: str, tmp: Path, **changes: Any
-) -> tuple[Path, str]:
-    """An example's job.yaml with its inputs and output in S3 (and any spec changes; a change
-    to None removes the field)."""
-    doc = yaml.safe_load((EXAMPLES / example / "job.yaml").read_text())
-    output = f"s3://{bucket}/out-{uuid.uuid4().hex[:8]}/"
-    doc["spec"].update(
-        inputs=[f"s3://{bucket}/corpus/"],
-        output=output,
-        storage={"endpoint": cluster.env["AWS_ENDPOINT_URL"]},
-    )
-    doc["spec"].update(changes)
-    doc["spec"] = {k: v for k, v in doc["spec"].items() if v is not None}
-    path = tmp / f"{example}-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path, output
-
-
-def create(cluster: Cluster, ns: str, path: Path) -> str:
-    out = kubectl(cluster, "-n", ns, "create", "-f", str(path), "-o", "name")
-    return out.stdout.strip().split("/", 1)[1]
-
-
-def get(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
-    out = kubectl(cluster, "-n", ns, "get", "mrj", name, "-o", "json")
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
-
-
-def wait_phase(cluster: Cluster, ns: str, name: str, timeout: float = 180) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        doc = get(cluster, ns, name)
-        return doc if doc.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    return wait_until(f"{name} to finish", done, timeout)
-
-
-def s3_objects(s3: Any, url: str) -> dict[str, bytes]:
-    """Every object under an s3:// prefix (one deleted while we list it is left out)."""
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            try:
-                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            except s3.exceptions.NoSuchKey:
-                continue
-            out[obj["Key"][len(prefix) :]] = body
-    return out
-
-
-def local_results(example: str, tmp: Path) -> dict[str, bytes]:
-    """The same example run here with `kubemr run`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMR_")}
-    env["KUBEMR_HOME"] = str(tmp / "home")
-    proc = subprocess.run(
-        [sys.executable, "-m", "kubemr", "run", str(EXAMPLES / example / "job.yaml"), "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = Path(proc.stdout.strip())
-    return {p.name: p.read_bytes() for p in out.glob("part-*")}
-
-
-def events(cluster: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
-    out = kubectl(
-        cluster,
-        "-n",
-        ns,
-        "get",
-        "events",
-        "-o",
-        "json",
-        "--field-selector",
-        f"involvedObject.name={name}",
-    )
-    items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
-    return items
 
 
 @pytest.mark.parametrize("example", ["bash-wordcount", "python-wordcount"])

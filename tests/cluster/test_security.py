@@ -16,17 +16,7 @@ from typing import Any
 
 import pytest
 from devcluster_support import Cluster, wait_until
-from test_operator import (  # noqa: F401 (fixtures)
-    cluster_manifest,
-    corpus,
-    create,
-    installed,
-    kubectl,
-    ns,
-    s3,
-    s3_objects,
-    wait_phase,
-)
+from operator_support import cluster_manifest, create, kubectl, s3_objects, wait_phase
 
 pytestmark = pytest.mark.cluster
 

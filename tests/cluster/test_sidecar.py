@@ -15,16 +15,12 @@ from typing import Any
 
 import pytest
 from devcluster_support import Cluster, wait_until
-from test_operator import (  # noqa: F401 (fixtures)
+from operator_support import (
     cluster_manifest,
-    corpus,
     create,
     get,
-    installed,
     kubectl,
     local_results,
-    ns,
-    s3,
     s3_objects,
     wait_phase,
 )

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from devcluster_support import Cluster, wait_until
-from test_kube_store import crd  # noqa: F401 (fixture)
 
 from kubemr import state
 from kubemr.kube import Kube, KubeConfig
