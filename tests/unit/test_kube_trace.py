@@ -1,11 +1,6 @@
-"""The request trace of `kubemr.kube` (KUBEMR_TRACE_FILE), which bench/coordination.py reads.
-
-Checks the line format, that reads and patches of a MapReduceJob are each
-traced with their HTTP status and sizes (a 422 too, still raised as
-Conflict), that the objects returned are the parsed responses, and that
-nothing is traced when the variable is unset. The API client is a stand-in
-answering with canned bytes, so no cluster is needed.
-"""
+"""The request trace of `kubemr.kube` (KUBEMR_TRACE_FILE), which bench/coordination.py reads:
+how patches are described, and that the trace follows the environment. What real requests
+trace is checked against the apiserver in tests/cluster/test_request_trace.py."""
 
 from __future__ import annotations
 
@@ -14,51 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from kubemr import state
-from kubemr.errors import Conflict
-from kubemr.kube import TRACE_ENV, TRACE_PREFIX, Kube, RequestTrace, describe_patch
+from kubemr.kube import TRACE_ENV, TRACE_PREFIX, RequestTrace, describe_patch
 from kubemr.state import Settings
-
-REFUSED = b'{"kind":"Status","message":"the server rejected our request","code":422}'
-
-
-class Response:
-    """What the client returns with `_preload_content=False`: status and raw bytes."""
-
-    def __init__(self, body: bytes, status: int = 200) -> None:
-        self.data = body
-        self.status = status
-
-
-class FakeCustom:
-    """Answers get and patch of one MapReduceJob; a patch may be refused with 422."""
-
-    def __init__(self, doc: dict[str, Any], refuse: bool = False) -> None:
-        self.doc = doc
-        self.refuse = refuse
-        self.calls: list[dict[str, Any]] = []
-
-    def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> Response:
-        self.calls.append(kwargs)
-        return Response(json.dumps(self.doc).encode())
-
-    def patch_namespaced_custom_object_status(self, *args: Any, **kwargs: Any) -> Response:
-        self.calls.append(kwargs)
-        if self.refuse:
-            refused = ApiException(status=422, reason="Unprocessable Entity")
-            refused.body = REFUSED
-            raise refused
-        return Response(json.dumps(self.doc).encode())
-
-
-def kube_with(custom: FakeCustom, trace: RequestTrace | None) -> Kube:
-    kube = Kube.__new__(Kube)  # no kubeconfig: only the MapReduceJob calls are used
-    kube.custom = custom
-    kube.trace = trace
-    kube.timeout = 5.0
-    return kube
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
@@ -84,35 +38,6 @@ def test_describe_patch_names_the_claims_commits_and_phases_a_patch_makes() -> N
     plan = state.commit_plan(planner, 1, 3, "s3://b/plan", "s3://b/w/", 0)
     assert describe_patch(plan) == "phase=Mapping"
     assert describe_patch([{"op": "add", "path": "/status/progress", "value": {}}]) == "-"
-
-
-def test_reads_and_patches_are_traced_with_status_and_sizes(tmp_path: Path) -> None:
-    path = tmp_path / "trace"
-    custom = FakeCustom(doc())
-    ops = [{"op": "replace", "path": "/status/map/held/w1/d", "value": 3}]
-    with open(path, "a", encoding="utf-8") as stream:
-        kube = kube_with(custom, RequestTrace(stream))
-        assert kube.get_job("ns", "j") == doc()
-        assert kube.patch_job_status("ns", "j", ops) == doc()
-    assert all(call.get("_preload_content") is False for call in custom.calls)
-    get, patch = read_trace(path)
-    size = len(json.dumps(doc()).encode())
-    assert get["v"] == "GET" and get["code"] == 200 and get["in"] == size and get["out"] == 0
-    assert "what" not in get and get["ms"] >= 0 and get["t"] > 1e9
-    assert patch["v"] == "PATCH" and patch["code"] == 200 and patch["in"] == size
-    assert patch["out"] == len(json.dumps(ops)) and patch["what"] == "commit=map:3"
-
-
-def test_a_lost_race_is_traced_as_422_and_raised_as_conflict(tmp_path: Path) -> None:
-    path = tmp_path / "trace"
-    with open(path, "a", encoding="utf-8") as stream:
-        kube = kube_with(FakeCustom(doc(), refuse=True), RequestTrace(stream))
-        with pytest.raises(Conflict):
-            test = [{"op": "test", "path": "/status/phase", "value": "X"}]
-            kube.patch_job_status("ns", "j", test)
-    (line,) = read_trace(path)
-    assert line["v"] == "PATCH" and line["code"] == 422 and line["what"] == "-"
-    assert line["in"] == len(REFUSED)
 
 
 def test_the_trace_follows_the_environment(
