@@ -44,6 +44,8 @@ PLURAL = "mapreducejobs"
 KIND = "MapReduceJob"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 JSON_PATCH = "application/json-patch+json"
+#: A repeat of an Event within this many seconds is counted on it (client-go: 6 minutes).
+SERIES_SECONDS = 6 * 60.0
 TRACE_ENV = "KUBEMR_TRACE_FILE"
 #: Every trace line starts with this, so it can be picked out of a log it shares.
 TRACE_PREFIX = "kubemr-trace "
@@ -245,6 +247,32 @@ def _reason(exc: Any) -> str:
         return str(getattr(exc, "reason", exc))
 
 
+class EventSeries:
+    """Which Events are repeats. As client-go's event recorder counts an Event like one it
+    recorded in the last SERIES_SECONDS (same object, reason, note and type) on that one,
+    this remembers the Events it recorded, for that long since each last happened."""
+
+    def __init__(self, window: float = SERIES_SECONDS) -> None:
+        self.window = window
+        self._seen: dict[tuple[str, ...], tuple[str, int, float]] = {}
+
+    def repeat(self, key: tuple[str, ...], now: float) -> tuple[str, int] | None:
+        """(name, count with this one) of the Event that `key` repeats, or None: a new one."""
+        self._seen = {k: v for k, v in self._seen.items() if now - v[2] <= self.window}
+        seen = self._seen.get(key)
+        if seen is None:
+            return None
+        name, count, _ = seen
+        self._seen[key] = (name, count + 1, now)
+        return name, count + 1
+
+    def created(self, key: tuple[str, ...], name: str, now: float) -> None:
+        self._seen[key] = (name, 1, now)
+
+    def forget(self, key: tuple[str, ...]) -> None:
+        self._seen.pop(key, None)
+
+
 class Kube:
     """A connection to one cluster."""
 
@@ -283,6 +311,7 @@ class Kube:
         self.events = client.EventsV1Api(self.api_client)
         self.default_namespace = self._default_namespace(config)
         self.trace = RequestTrace.from_env()
+        self.series = EventSeries()
 
     @staticmethod
     def _default_namespace(config: KubeConfig) -> str:
@@ -563,35 +592,57 @@ class Kube:
         warning: bool = False,
         reporter: str = "kubemr-operator",
     ) -> None:
-        """Record an Event about a MapReduceJob (best effort: never worth failing for)."""
+        """Record an Event about a MapReduceJob (best effort: never worth failing for). A
+        repeat of one recorded in the last few minutes is counted on it (`series`), as
+        client-go's recorder does, instead of adding an Event."""
         meta = obj["metadata"]
+        namespace = meta["namespace"]
+        kind = "Warning" if warning else "Normal"
+        note = note[:1000]
+        key = (namespace, str(meta.get("uid") or meta["name"]), reason, note, kind)
         now = dt.datetime.now(dt.UTC)
-        body = {
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
-                "namespace": meta["namespace"],
-            },
-            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "reportingController": f"{GROUP}/{reporter}",
-            "reportingInstance": os.environ.get("HOSTNAME", reporter),
-            "action": reason,
-            "reason": reason,
-            "note": note[:1000],
-            "type": "Warning" if warning else "Normal",
-            "regarding": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-        }
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        repeat = self.series.repeat(key, time.monotonic())
         try:
-            self.events.create_namespaced_event(
-                meta["namespace"], body, _request_timeout=self.timeout
-            )
+            if repeat is not None:
+                name, count = repeat
+                series = {"count": count, "lastObservedTime": stamp}
+                try:
+                    self.events.patch_namespaced_event(
+                        name,
+                        namespace,
+                        [{"op": "add", "path": "/series", "value": series}],
+                        _content_type=JSON_PATCH,
+                        _request_timeout=self.timeout,
+                    )
+                    return
+                except Exception:  # gone (expired, deleted): record it anew
+                    self.series.forget(key)
+            event_name = f"{meta['name']}.{uuid.uuid4().hex[:16]}"
+            body: dict[str, Any] = {
+                "apiVersion": "events.k8s.io/v1",
+                "kind": "Event",
+                "metadata": {
+                    "name": event_name,
+                    "namespace": namespace,
+                },
+                "eventTime": stamp,
+                "reportingController": f"{GROUP}/{reporter}",
+                "reportingInstance": os.environ.get("HOSTNAME", reporter),
+                "action": reason,
+                "reason": reason,
+                "note": note,
+                "type": kind,
+                "regarding": {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": meta["name"],
+                    "namespace": namespace,
+                    "uid": meta.get("uid"),
+                },
+            }
+            self.events.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
+            self.series.created(key, event_name, time.monotonic())
         except Exception:  # events are best effort
             pass
 

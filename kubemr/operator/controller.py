@@ -184,9 +184,7 @@ class Controller:
                 self.kube.event(obj, reason, note, warning)
         for task, attempt, error in plan.task_failures:
             if self._first(uid, task, str(attempt)):
-                self.kube.event(
-                    obj, "TaskFailed", f"{task} attempt {attempt} failed: {error}", warning=True
-                )
+                self.kube.event(obj, "TaskFailed", f"{task} failed: {error}", warning=True)
         if plan.delete_batch_job:
             self.kube.delete_batch_job(ns, names(name)["job"])
         if plan.delete_job:

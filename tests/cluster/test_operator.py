@@ -111,6 +111,20 @@ def test_failing_map_command_fails_the_job_with_its_stderr(
         30,
     )
     assert any("cannot parse record 17" in e.get("message", "") for e in got)
+    # Both failures of the task that failed the job are one Event counted twice (a series, as
+    # client-go's recorder makes them), not two rows.
+    task = status["failedTask"]
+
+    def series() -> list[dict[str, Any]] | None:
+        mine = [
+            e
+            for e in events(cluster, ns, name)
+            if e["reason"] == "TaskFailed" and e.get("message", "").startswith(f"{task} failed:")
+        ]
+        counts = [e.get("count") or (e.get("series") or {}).get("count") for e in mine]
+        return mine if counts == [2] else None
+
+    wait_until(f"one TaskFailed event for {task}, counted twice", series, 30)
     # The CLI reports the same and exits 1.
     proc = subprocess.run(
         [
