@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("-n", "--namespace", help="watch one namespace (default: all)")
     operator.add_argument("--kubeconfig", metavar="FILE")
     operator.add_argument("--context")
+    operator.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text, or one JSON object per line (default: text on a terminal, else json)",
+    )
 
     shim = sub.add_parser(
         "shim",

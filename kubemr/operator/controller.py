@@ -23,7 +23,9 @@ from typing import Any
 
 from kubemr.errors import Conflict, JobNotFound, KubemrError, SpecError
 from kubemr.kube import AlreadyExists, Gone, Invalid, Kube, KubeConfig
+from kubemr.operator import logs
 from kubemr.operator.desired import LABEL, OperatorSettings, names
+from kubemr.operator.logs import job_fields
 from kubemr.operator.reconcile import (
     DEPLOY_LEASE_SECONDS,
     Observed,
@@ -144,13 +146,13 @@ class Controller:
             except JobNotFound:
                 return
             except SpecError as exc:
-                log.warning("%s/%s: %s", ns, name, exc)
+                log.warning("%s", exc, extra=job_fields(ns, name))
                 return
             except KubemrError as exc:
-                log.warning("reconciling %s/%s failed: %s", ns, name, exc)
+                log.warning("reconciling failed: %s", exc, extra=job_fields(ns, name))
                 return
             except Exception:  # one job must never take the operator down for every other job
-                log.exception("reconciling %s/%s failed unexpectedly", ns, name)
+                log.exception("reconciling failed unexpectedly", extra=job_fields(ns, name))
                 return
 
     def _first(self, *key: str) -> bool:
@@ -166,11 +168,16 @@ class Controller:
         for child in plan.create:
             try:
                 self.kube.create(child)
-                log.info("%s/%s: created %s %s", ns, name, child["kind"], child["metadata"]["name"])
+                log.info(
+                    "created %s %s",
+                    child["kind"],
+                    child["metadata"]["name"],
+                    extra=job_fields(ns, name),
+                )
             except AlreadyExists:
                 pass
             except Invalid as exc:
-                log.warning("%s/%s: %s", ns, name, exc)
+                log.warning("%s", exc, extra=job_fields(ns, name))
                 self.apply(obj, refused(obj, str(exc), time.time()))
                 return
         uid = str(obj["metadata"].get("uid"))
@@ -180,7 +187,7 @@ class Controller:
                 self._progress_at[uid] = time.monotonic()
         for reason, note, warning in plan.events:
             if self._first(uid, reason, note):
-                log.info("%s/%s: %s: %s", ns, name, reason, note)
+                log.info("%s: %s", reason, note, extra=job_fields(ns, name))
                 self.kube.event(obj, reason, note, warning)
         for task, attempt, error in plan.task_failures:
             if self._first(uid, task, str(attempt)):
@@ -188,7 +195,7 @@ class Controller:
         if plan.delete_batch_job:
             self.kube.delete_batch_job(ns, names(name)["job"])
         if plan.delete_job:
-            log.info("%s/%s: ttlSecondsAfterFinished passed; deleting", ns, name)
+            log.info("ttlSecondsAfterFinished passed; deleting", extra=job_fields(ns, name))
             self.kube.delete_job(ns, name)
 
 
@@ -201,7 +208,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         lease_seconds=int(lease) if lease.isdigit() and int(lease) >= 2 else defaults.lease_seconds,
         s3_endpoint=os.environ.get("KUBEMR_S3_ENDPOINT") or None,
     )
-    return main(args.namespace, settings, args.kubeconfig, args.context)
+    return main(args.namespace, settings, args.kubeconfig, args.context, args.log_format)
 
 
 def main(
@@ -209,9 +216,10 @@ def main(
     settings: OperatorSettings,
     kubeconfig: str | None,
     context: str | None,
+    log_format: str | None = None,
 ) -> int:
     """`kubemr operator`: run the controller until SIGTERM."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure(log_format)
     in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     kube = Kube(KubeConfig(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster))
     controller = Controller(kube, ControllerConfig(namespace=namespace, settings=settings))

@@ -288,8 +288,10 @@ def test_an_unexpected_error_in_one_job_does_not_stop_the_operator(
     broken["status"]["conditions"] = "not a list"
     with caplog.at_level(logging.WARNING, logger="kubemr.operator"):
         controller.reconcile(broken)  # logs, does not raise
-    (record,) = [r for r in caplog.records if "team/job-a" in r.getMessage()]
-    assert "reconciling team/job-a failed" in record.getMessage()
+    (record,) = [r for r in caplog.records if getattr(r, "job_name", None) == "job-a"]
+    assert (
+        "reconciling failed" in record.getMessage() and record.__dict__["job_namespace"] == "team"
+    )
     assert record.levelno >= logging.WARNING
     assert not kube.patches and not kube.created
     controller.reconcile(deploying(mrj(good_spec())))
