@@ -160,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--kubeconfig", metavar="FILE")
     operator.add_argument("--context")
     operator.add_argument(
+        "--metrics-bind-address",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at /metrics here (:8080 for every interface; default: off)",
+    )
+    operator.add_argument(
+        "--health-probe-bind-address",
+        metavar="HOST:PORT",
+        help="serve /healthz and /readyz here for liveness and readiness probes (default: off)",
+    )
+    operator.add_argument(
         "--log-format",
         choices=["text", "json"],
         help="text, or one JSON object per line (default: text on a terminal, else json)",

@@ -26,6 +26,7 @@ from kubemr.kube import AlreadyExists, Gone, Invalid, Kube, KubeConfig
 from kubemr.operator import logs
 from kubemr.operator.desired import LABEL, OperatorSettings, names
 from kubemr.operator.logs import job_fields
+from kubemr.operator.metrics import Metrics, serve
 from kubemr.operator.reconcile import (
     DEPLOY_LEASE_SECONDS,
     Observed,
@@ -46,9 +47,12 @@ class ControllerConfig:
 
 
 class Controller:
-    def __init__(self, kube: Kube, config: ControllerConfig) -> None:
+    def __init__(
+        self, kube: Kube, config: ControllerConfig, metrics: Metrics | None = None
+    ) -> None:
         self.kube = kube
         self.config = config
+        self.metrics = metrics or Metrics(stale_after=max(90.0, 3.0 * config.resync_seconds))
         self.me = (
             config.identity or f"{os.environ.get('HOSTNAME', 'operator')}-{uuid.uuid4().hex[:6]}"
         )
@@ -66,6 +70,7 @@ class Controller:
         while not self.stopping.is_set():
             try:
                 items, version = self.kube.list_jobs(self.config.namespace)
+                self.metrics.listed(True)
                 for obj in items:
                     self.reconcile(obj)
                 self._watch(version)
@@ -73,6 +78,7 @@ class Controller:
             except Gone:
                 continue
             except KubemrError as exc:
+                self.metrics.listed(False)
                 log.warning("listing or watching failed (%s); retrying in %.0fs", exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -82,6 +88,8 @@ class Controller:
         while not self.stopping.is_set() and time.monotonic() < deadline:
             timeout = max(1, int(deadline - time.monotonic()))
             for kind, obj in self.kube.watch_jobs(self.config.namespace, version, timeout):
+                self.metrics.watch_events.labels(kind).inc()
+                self.metrics.beat()
                 if self.stopping.is_set():
                     return
                 if kind == "BOOKMARK":
@@ -92,12 +100,14 @@ class Controller:
                     self.reconcile(obj)
                 elif kind == "DELETED":
                     self.forget(str(obj["metadata"].get("uid")))
+            self.metrics.beat()
 
     def forget(self, uid: str) -> None:
         """Drop what this operator remembers of a deleted job."""
         self._deployers.pop(uid, None)
         self._progress_at.pop(uid, None)
         self._reported = {key for key in self._reported if key[0] != uid}
+        self.metrics.forget(uid)
 
     def observe(self, obj: dict[str, Any]) -> Observed:
         ns = obj["metadata"]["namespace"]
@@ -130,30 +140,39 @@ class Controller:
         return now - seen[1] >= float(deployer.get("l") or DEPLOY_LEASE_SECONDS)
 
     def reconcile(self, obj: dict[str, Any]) -> None:
+        started = time.monotonic()
+        result = self._reconcile(obj)
+        self.metrics.reconciled(result, time.monotonic() - started)
+
+    def _reconcile(self, obj: dict[str, Any]) -> str:
+        """Reconcile one job from its latest version; returns how it went, for the metrics:
+        success, conflict (it changed under us five times) or error."""
         ns = obj["metadata"]["namespace"]
         name = obj["metadata"]["name"]
         for _ in range(5):
             try:
+                self.metrics.seen(obj)
                 plan = reconcile(obj, self.observe(obj), self.config.settings, self.me, time.time())
                 self.apply(obj, plan)
-                return
+                return "success"
             except Conflict:
                 # The job changed under us: decide again from the latest version.
                 try:
                     obj = self.kube.get_job(ns, name)
                 except JobNotFound:
-                    return
+                    return "success"
             except JobNotFound:
-                return
+                return "success"
             except SpecError as exc:
                 log.warning("%s", exc, extra=job_fields(ns, name))
-                return
+                return "error"
             except KubemrError as exc:
                 log.warning("reconciling failed: %s", exc, extra=job_fields(ns, name))
-                return
+                return "error"
             except Exception:  # one job must never take the operator down for every other job
                 log.exception("reconciling failed unexpectedly", extra=job_fields(ns, name))
-                return
+                return "error"
+        return "conflict"
 
     def _first(self, *key: str) -> bool:
         k = (key[0], key[1], key[2])
@@ -191,6 +210,7 @@ class Controller:
                 self.kube.event(obj, reason, note, warning)
         for task, attempt, error in plan.task_failures:
             if self._first(uid, task, str(attempt)):
+                self.metrics.failed_attempts.inc()
                 self.kube.event(obj, "TaskFailed", f"{task} failed: {error}", warning=True)
         if plan.delete_batch_job:
             self.kube.delete_batch_job(ns, names(name)["job"])
@@ -208,7 +228,15 @@ def cmd_operator(args: argparse.Namespace) -> int:
         lease_seconds=int(lease) if lease.isdigit() and int(lease) >= 2 else defaults.lease_seconds,
         s3_endpoint=os.environ.get("KUBEMR_S3_ENDPOINT") or None,
     )
-    return main(args.namespace, settings, args.kubeconfig, args.context, args.log_format)
+    return main(
+        args.namespace,
+        settings,
+        args.kubeconfig,
+        args.context,
+        args.log_format,
+        args.metrics_bind_address,
+        args.health_probe_bind_address,
+    )
 
 
 def main(
@@ -217,12 +245,16 @@ def main(
     kubeconfig: str | None,
     context: str | None,
     log_format: str | None = None,
+    metrics_address: str | None = None,
+    probe_address: str | None = None,
 ) -> int:
-    """`kubemr operator`: run the controller until SIGTERM."""
+    """`kubemr operator`: run the controller until SIGTERM, serving metrics and probes at
+    the addresses given."""
     logs.configure(log_format)
     in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     kube = Kube(KubeConfig(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster))
     controller = Controller(kube, ControllerConfig(namespace=namespace, settings=settings))
+    servers = serve(controller.metrics, metrics_address, probe_address)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         controller.stopping.set()
@@ -231,4 +263,6 @@ def main(
     signal.signal(signal.SIGINT, stop)
     log.info("kubemr operator %s watching %s", controller.me, namespace or "all namespaces")
     controller.run()
+    for server in servers:
+        server.stop()
     return 0

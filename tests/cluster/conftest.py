@@ -115,8 +115,15 @@ def crd(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster) -> Iterator[None]:
-    """kubemr installed with `kubectl apply -k manifests/`, its operator pod running."""
-    out = kubectl(cluster, "apply", "--server-side", "-k", str(ROOT / "manifests"))
+    """kubemr installed with `kubectl apply -k manifests/` (through operator-overlay/, which
+    keeps its metrics and probes on 127.0.0.1), its operator pod running."""
+    out = kubectl(
+        cluster,
+        "apply",
+        "--server-side",
+        "-k",
+        str(ROOT / "tests" / "cluster" / "operator-overlay"),
+    )
     assert "customresourcedefinition.apiextensions.k8s.io/mapreducejobs.kubemr.io" in out.stdout
     # Short leases, so a killed worker's task is taken over in seconds.
     kubectl(
