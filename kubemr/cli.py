@@ -170,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /healthz and /readyz here for liveness and readiness probes (default: off)",
     )
     operator.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="reconcile only while holding the Lease kubemr-operator (run several replicas; "
+        "one acts, another takes over when it dies)",
+    )
+    operator.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        help="where the Lease lives (default: the pod's namespace, else kubemr-system)",
+    )
+    operator.add_argument(
+        "--leader-elect-lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a standby waits for a silent leader before taking over (default 15)",
+    )
+    operator.add_argument(
         "--log-format",
         choices=["text", "json"],
         help="text, or one JSON object per line (default: text on a terminal, else json)",

@@ -309,6 +309,7 @@ class Kube:
         self.batch = client.BatchV1Api(self.api_client)
         self.rbac = client.RbacAuthorizationV1Api(self.api_client)
         self.events = client.EventsV1Api(self.api_client)
+        self.coordination = client.CoordinationV1Api(self.api_client)
         self.default_namespace = self._default_namespace(config)
         self.trace = RequestTrace.from_env()
         self.series = EventSeries()
@@ -546,6 +547,41 @@ class Kube:
                 return None
             raise err from exc
         out: dict[str, Any] = self.api_client.sanitize_for_serialization(job)
+        return out
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The coordination.k8s.io Lease `name`, or None if there is none."""
+        try:
+            lease = self.coordination.read_namespaced_lease(
+                name, namespace, _request_timeout=self.timeout
+            )
+        except Exception as exc:
+            err = _translate(exc, f"reading Lease {namespace}/{name}")
+            if isinstance(err, NotFound):
+                return None
+            raise err from exc
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(lease)
+        return out
+
+    def write_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the Lease (no resourceVersion in `body`) or replace it (the version read):
+        Conflict if another wrote it first, as optimistic concurrency wants."""
+        name = body["metadata"]["name"]
+        try:
+            if body["metadata"].get("resourceVersion"):
+                lease = self.coordination.replace_namespaced_lease(
+                    name, namespace, body, _request_timeout=self.timeout
+                )
+            else:
+                lease = self.coordination.create_namespaced_lease(
+                    namespace, body, _request_timeout=self.timeout
+                )
+        except Exception as exc:
+            err = _translate(exc, f"writing Lease {namespace}/{name}")
+            if isinstance(err, AlreadyExists):  # 409: created or updated by another first
+                raise Conflict(str(err)) from exc
+            raise err from exc
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(lease)
         return out
 
     def delete_batch_job(self, namespace: str, name: str) -> None:

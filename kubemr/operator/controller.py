@@ -22,9 +22,10 @@ from types import FrameType
 from typing import Any
 
 from kubemr.errors import Conflict, JobNotFound, KubemrError, SpecError
-from kubemr.kube import AlreadyExists, Gone, Invalid, Kube, KubeConfig
+from kubemr.kube import AlreadyExists, Gone, Invalid, Kube, KubeConfig, in_cluster_namespace
 from kubemr.operator import logs
 from kubemr.operator.desired import LABEL, OperatorSettings, names
+from kubemr.operator.leader import Election, LeaderElector
 from kubemr.operator.logs import job_fields
 from kubemr.operator.metrics import Metrics, serve
 from kubemr.operator.reconcile import (
@@ -236,7 +237,15 @@ def cmd_operator(args: argparse.Namespace) -> int:
         args.log_format,
         args.metrics_bind_address,
         args.health_probe_bind_address,
+        _election(args),
     )
+
+
+def _election(args: argparse.Namespace) -> tuple[str | None, float] | None:
+    """(namespace, lease seconds) of the leader election --leader-elect asks for."""
+    if not args.leader_elect:
+        return None
+    return args.leader_election_namespace, float(args.leader_elect_lease_duration)
 
 
 def main(
@@ -247,6 +256,7 @@ def main(
     log_format: str | None = None,
     metrics_address: str | None = None,
     probe_address: str | None = None,
+    election: tuple[str | None, float] | None = None,
 ) -> int:
     """`kubemr operator`: run the controller until SIGTERM, serving metrics and probes at
     the addresses given."""
@@ -255,6 +265,20 @@ def main(
     kube = Kube(KubeConfig(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster))
     controller = Controller(kube, ControllerConfig(namespace=namespace, settings=settings))
     servers = serve(controller.metrics, metrics_address, probe_address)
+    elector = None
+    if election is not None:
+        where, seconds = election
+        lease_ns = where or (in_cluster_namespace() if in_cluster else None) or "kubemr-system"
+        elector = LeaderElector(
+            kube,
+            Election(
+                lease_ns,
+                controller.me,
+                lease_seconds=seconds,
+                renew_deadline=seconds * 2 / 3,
+                retry=max(0.5, seconds / 7.5),
+            ),
+        )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         controller.stopping.set()
@@ -262,7 +286,18 @@ def main(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("kubemr operator %s watching %s", controller.me, namespace or "all namespaces")
-    controller.run()
+    code = 0
+    if elector is None or elector.acquire(controller.stopping):
+        if elector is not None:
+            controller.metrics.leader.set(1)
+            elector.keep(controller.stopping, on_lost=controller.stopping.set)
+        controller.run()
+        if elector is not None and elector.lost.is_set():
+            log.error("stopped: this operator is no longer the leader")
+            code = 1  # restarted, it stands for election again
+        elif elector is not None:
+            elector.release()
+        controller.metrics.leader.set(0)
     for server in servers:
         server.stop()
-    return 0
+    return code

@@ -15,6 +15,7 @@ Metrics, in controller-runtime's names where one exists:
     kubemr_jobs{phase}                           MapReduceJobs by phase, as last seen
     kubemr_tasks_completed_total{stage}          map and reduce tasks committed
     kubemr_task_attempts_failed_total            failed attempts (each TaskFailed Event)
+    kubemr_operator_leader                       1 while it holds the leader Lease
 
 The operator has no work queue (it reconciles in its watch loop, in order),
 so there is no queue depth to report.
@@ -65,6 +66,9 @@ class Metrics:
         )
         self.failed_attempts = Counter(
             "kubemr_task_attempts_failed", "Failed task attempts.", registry=r
+        )
+        self.leader = Gauge(
+            "kubemr_operator_leader", "1 while this operator holds the leader Lease.", registry=r
         )
         self.stale_after = stale_after
         self._lock = threading.Lock()

@@ -183,3 +183,21 @@ def ns(cluster: Cluster, namespace: str, installed: None) -> str:
     }
     cluster.core.create_namespaced_secret(namespace, secret)
     return namespace
+
+
+@pytest.fixture
+def quiet_cluster_operator(cluster: Cluster) -> Any:
+    """The installed operator (if another test module installed it) scaled to 0, so that
+    this one alone acts on the job; scaled back afterwards."""
+    there = kubectl(
+        cluster, "-n", "kubemr-system", "get", "deployment", "kubemr-operator", check=False
+    )
+    if there.returncode == 0:
+        kubectl(
+            cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=0"
+        )
+    yield
+    if there.returncode == 0:
+        kubectl(
+            cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=1"
+        )

@@ -7,56 +7,20 @@ run probes.)"""
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
 
 import pytest
 from devcluster_support import Cluster, wait_until
-from operator_support import kubectl
+from operator_support import fetch, metric
 
 from kubemr.kube import Kube, KubeConfig
 
 pytestmark = pytest.mark.cluster
-
-
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)$"
-    found = re.search(pattern, text, re.M)
-    return float(found.group(1)) if found else None
-
-
-@pytest.fixture
-def quiet_cluster_operator(cluster: Cluster) -> Any:
-    """The installed operator (if another test module installed it) scaled to 0, so that
-    this one alone acts on the job; scaled back afterwards."""
-    there = kubectl(
-        cluster, "-n", "kubemr-system", "get", "deployment", "kubemr-operator", check=False
-    )
-    if there.returncode == 0:
-        kubectl(
-            cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=0"
-        )
-    yield
-    if there.returncode == 0:
-        kubectl(
-            cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=1"
-        )
 
 
 def test_probes_metrics_and_json_logs(
