@@ -594,6 +594,60 @@ class Kube:
             if not isinstance(err, NotFound):
                 raise err from exc
 
+    def _owned_api(self, kind: str, namespace: str | None) -> tuple[Any, tuple[Any, ...]]:
+        """The list function (and its leading arguments) for batch Jobs or Pods."""
+        if kind == "jobs":
+            if namespace:
+                return self.batch.list_namespaced_job, (namespace,)
+            return self.batch.list_job_for_all_namespaces, ()
+        if namespace:
+            return self.core.list_namespaced_pod, (namespace,)
+        return self.core.list_pod_for_all_namespaces, ()
+
+    def list_owned(
+        self, kind: str, namespace: str | None, selector: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The batch Jobs or Pods (`kind`: "jobs" or "pods") matching `selector`, in
+        `namespace` or all, and the list's resourceVersion (to watch from)."""
+        fn, args = self._owned_api(kind, namespace)
+        try:
+            out = fn(*args, label_selector=selector, _request_timeout=self.timeout)
+        except Exception as exc:
+            raise _translate(exc, f"listing {kind}") from exc
+        raw: dict[str, Any] = self.api_client.sanitize_for_serialization(out)
+        return list(raw.get("items") or []), str(raw["metadata"].get("resourceVersion", ""))
+
+    def watch_owned(
+        self, kind: str, namespace: str | None, selector: str, resource_version: str, timeout: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object as a dict) of the batch Jobs or Pods matching `selector` from
+        `resource_version` on; raises Gone when the version is too old."""
+        from kubernetes import watch
+
+        fn, args = self._owned_api(kind, namespace)
+        w = watch.Watch()
+        try:
+            stream = w.stream(
+                fn,
+                *args,
+                label_selector=selector,
+                resource_version=resource_version,
+                timeout_seconds=timeout,
+                allow_watch_bookmarks=True,
+                _request_timeout=(self.timeout, timeout + self.timeout),
+            )
+            for event in stream:
+                raw = event.get("raw_object")
+                if raw is not None and event.get("type") != "ERROR":
+                    event = {"type": event.get("type"), "object": raw}
+                yield _event(event, f"the watch of {kind}")
+        except KubemrError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, f"watching {kind}") from exc
+        finally:
+            w.stop()
+
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         try:
             pods = self.core.list_namespaced_pod(

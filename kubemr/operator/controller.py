@@ -1,10 +1,13 @@
-"""The operator's loop: list + watch MapReduceJobs, reconcile each, apply the plan.
+"""The operator's loop: reconcile each MapReduceJob that changed, apply the plan.
 
-Level-triggered and restart-safe: it keeps no state that the API does not
-hold (only which task failures it has already reported as Events), so a new
-operator picks up where a dead one stopped, including a job it left
-half-deployed. It relists every `resync` seconds and whenever a watch ends
-or expires (410 Gone), so missed events cost at most one resync.
+Caches of the MapReduceJobs and of the batch Jobs and pods it owns (kept by
+list+watch, `informer`) put the key of every job that changed, or whose
+workers did, on a work queue; the loop takes one key at a time, decides from
+the caches (`reconcile`, pure) and applies the plan. Every job is queued
+again each `resync` seconds. Level-triggered and restart-safe: it keeps no
+state that the API does not hold (only which task failures it has already
+reported as Events), so a new operator picks up where a dead one stopped,
+including a job it left half-deployed.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from kubemr.errors import Conflict, JobNotFound, KubemrError, SpecError
-from kubemr.kube import AlreadyExists, Gone, Invalid, Kube, KubeConfig, in_cluster_namespace
+from kubemr.kube import AlreadyExists, Invalid, Kube, KubeConfig, in_cluster_namespace
 from kubemr.operator import logs
 from kubemr.operator.desired import LABEL, OperatorSettings, names
+from kubemr.operator.informer import Informer, Key, WorkQueue, key_of
 from kubemr.operator.leader import Election, LeaderElector
 from kubemr.operator.logs import job_fields
 from kubemr.operator.metrics import Metrics, serve
@@ -64,44 +69,80 @@ class Controller:
         self._deployers: dict[str, tuple[str, float]] = {}
         # When this operator last wrote each job's status.progress.
         self._progress_at: dict[str, float] = {}
+        self.queue = WorkQueue()
+        self.informers: dict[str, Informer] = {}
+        self._uids: dict[Key, str] = {}  # of the jobs reconciled, to forget them when gone
+
+    def start_informers(self) -> None:
+        """Start the caches of MapReduceJobs, worker Jobs and worker pods (`informer`)."""
+        ns = self.config.namespace
+        kube = self.kube
+
+        def owner(obj: dict[str, Any]) -> Key | None:
+            job = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL)
+            return (key_of(obj)[0], str(job)) if job else None
+
+        def track(kind: str, what: str) -> Informer:
+            return Informer(
+                what,
+                lambda: kube.list_owned(kind, ns, LABEL),
+                lambda version, timeout: kube.watch_owned(kind, ns, LABEL, version, timeout),
+                owner,
+                self.queue.add,
+                self.stopping,
+            )
+
+        def watch_jobs(version: str, timeout: int) -> Iterator[tuple[str, dict[str, Any]]]:
+            for kind, obj in kube.watch_jobs(ns, version, timeout):
+                self.metrics.watch_events.labels(kind).inc()
+                yield kind, obj
+
+        self.informers = {
+            "jobs": Informer(
+                "MapReduceJobs",
+                lambda: kube.list_jobs(ns),
+                watch_jobs,
+                key_of,
+                self.queue.add,
+                self.stopping,
+            ),
+            "batch": track("jobs", "worker Jobs"),
+            "pods": track("pods", "worker pods"),
+        }
+        for informer in self.informers.values():
+            informer.start()
 
     def run(self) -> None:
-        """Reconcile until asked to stop."""
-        backoff = 1.0
+        """Reconcile until asked to stop: one job at a time, as the queue hands them out, and
+        every job again each resync."""
+        self.start_informers()
+        jobs = self.informers["jobs"]
+        resync_at = time.monotonic() + self.config.resync_seconds
         while not self.stopping.is_set():
-            try:
-                items, version = self.kube.list_jobs(self.config.namespace)
-                self.metrics.listed(True)
-                for obj in items:
-                    self.reconcile(obj)
-                self._watch(version)
-                backoff = 1.0
-            except Gone:
-                continue
-            except KubemrError as exc:
-                self.metrics.listed(False)
-                log.warning("listing or watching failed (%s); retrying in %.0fs", exc, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+            informers = self.informers.values()
+            self.metrics.listed(
+                all(i.synced.is_set() for i in informers)
+                and not any(i.failing.is_set() for i in informers)
+            )
+            self.metrics.queue_depth.set(len(self.queue))
+            if time.monotonic() >= resync_at:
+                for every in jobs.cached():
+                    self.queue.add(every)
+                resync_at = time.monotonic() + self.config.resync_seconds
+            key = self.queue.get(timeout=1.0)
+            if key is not None:
+                self.process(key)
 
-    def _watch(self, version: str) -> None:
-        deadline = time.monotonic() + self.config.resync_seconds
-        while not self.stopping.is_set() and time.monotonic() < deadline:
-            timeout = max(1, int(deadline - time.monotonic()))
-            for kind, obj in self.kube.watch_jobs(self.config.namespace, version, timeout):
-                self.metrics.watch_events.labels(kind).inc()
-                self.metrics.beat()
-                if self.stopping.is_set():
-                    return
-                if kind == "BOOKMARK":
-                    version = obj["metadata"]["resourceVersion"]
-                    continue
-                version = obj["metadata"].get("resourceVersion", version)
-                if kind in ("ADDED", "MODIFIED"):
-                    self.reconcile(obj)
-                elif kind == "DELETED":
-                    self.forget(str(obj["metadata"].get("uid")))
-            self.metrics.beat()
+    def process(self, key: Key) -> None:
+        """Reconcile the job `key` as the cache has it, or forget it if it is gone."""
+        obj = self.informers["jobs"].get(key)
+        if obj is None:
+            uid = self._uids.pop(key, None)
+            if uid is not None:
+                self.forget(uid)
+            return
+        self._uids[key] = str(obj["metadata"].get("uid"))
+        self.reconcile(obj)
 
     def forget(self, uid: str) -> None:
         """Drop what this operator remembers of a deleted job."""
@@ -111,10 +152,18 @@ class Controller:
         self.metrics.forget(uid)
 
     def observe(self, obj: dict[str, Any]) -> Observed:
+        """What the job's owned objects look like: from the caches once they are filled, else
+        (before, or when no informers run) asked of the API server."""
         ns = obj["metadata"]["namespace"]
         name = obj["metadata"]["name"]
-        batch = self.kube.get_batch_job(ns, names(name)["job"])
-        pods = self.kube.list_pods(ns, f"{LABEL}={name}") if batch is not None else []
+        batch_cache, pod_cache = self.informers.get("batch"), self.informers.get("pods")
+        batch: dict[str, Any] | None
+        if batch_cache and pod_cache and batch_cache.synced.is_set() and pod_cache.synced.is_set():
+            batch = batch_cache.get((ns, names(name)["job"]))
+            pods = pod_cache.owned_by((ns, name)) if batch is not None else []
+        else:
+            batch = self.kube.get_batch_job(ns, names(name)["job"])
+            pods = self.kube.list_pods(ns, f"{LABEL}={name}") if batch is not None else []
         uid = str(obj["metadata"].get("uid"))
         written = self._progress_at.get(uid)
         return Observed(

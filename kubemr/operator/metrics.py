@@ -15,14 +15,12 @@ Metrics, in controller-runtime's names where one exists:
     kubemr_jobs{phase}                           MapReduceJobs by phase, as last seen
     kubemr_tasks_completed_total{stage}          map and reduce tasks committed
     kubemr_task_attempts_failed_total            failed attempts (each TaskFailed Event)
+    kubemr_operator_workqueue_depth              jobs waiting to be reconciled
     kubemr_operator_leader                       1 while it holds the leader Lease
 
-The operator has no work queue (it reconciles in its watch loop, in order),
-so there is no queue depth to report.
-
-Liveness is the watch loop's heartbeat (it beats at least every resync);
-readiness is having listed the jobs and not being in a retry after a failed
-list or watch.
+Liveness is the reconcile loop's heartbeat (it beats at least every second
+while it waits for work); readiness is every cache filled (the jobs, worker
+Jobs and pods listed) and none retrying after a failed list or watch.
 """
 
 from __future__ import annotations
@@ -66,6 +64,9 @@ class Metrics:
         )
         self.failed_attempts = Counter(
             "kubemr_task_attempts_failed", "Failed task attempts.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "kubemr_operator_workqueue_depth", "Jobs waiting to be reconciled.", registry=r
         )
         self.leader = Gauge(
             "kubemr_operator_leader", "1 while this operator holds the leader Lease.", registry=r

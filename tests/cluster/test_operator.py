@@ -8,6 +8,7 @@ and their results must be byte-identical to `kubemr run` on the same inputs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -344,8 +345,17 @@ def test_two_operators_deploy_each_job_once(
             "app.kubernetes.io/name=kubemr-operator",
             "--tail=-1",
         ).stdout
+        lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
         for name in names:
-            assert logs.count(f"{ns}/{name}: created Job") == 1
+            created = [
+                x
+                for x in lines
+                if (x.get("namespace"), x.get("name")) == (ns, name)
+                and x["msg"].startswith("created Job ")
+            ]
+            assert len(created) == 1, created
+        # Two replicas, one leader: the other waited for the Lease.
+        assert sum(x["msg"].startswith("waiting to become the leader") for x in lines) >= 1
     finally:
         kubectl(
             cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=1"

@@ -7,7 +7,8 @@ down every attempt it finishes, which stands in for the data path and lets the t
 what ran. One worker is SIGKILLed and one frozen past its lease while they hold claims.
 The job must complete; every committed attempt is one that ran, and no attempt number ran
 twice, so a taken-over claim was redone under new numbers and the frozen worker, once it
-woke, committed nothing of what it had lost.
+woke, committed nothing of what it had lost. No operator acts meanwhile (one installed by
+another test is scaled to 0): it would take the job before the test sets its status.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def test_killed_and_frozen_workers_lose_nothing_and_commit_nothing_twice(
     namespace: str,
     crd: None,
     tmp_path: Path,
+    quiet_cluster_operator: None,
 ) -> None:
     kube = Kube(KubeConfig(kubeconfig=cluster.kubeconfig))
     name = f"faults-{uuid.uuid4().hex[:6]}"
