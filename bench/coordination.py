@@ -92,6 +92,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kubemr import state  # noqa: E402  (the kubemr of this checkout)
+from kubemr.errors import Conflict  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubemr-bench"
 TRACE_PREFIX = "kubemr-trace "
@@ -662,11 +663,21 @@ class Bench:
         if self.protocol:
             obj = self.kube.create_job(self.namespace, self.protocol_manifest(tasks))
             name = obj["metadata"]["name"]
-            obj = self.kube.patch_job_status(
-                self.namespace,
-                name,
-                [{"op": "add", "path": "/status", "value": {"phase": "Pending"}}],
-            )
+            version = obj["metadata"]["resourceVersion"]
+            try:
+                obj = self.kube.patch_job_status(
+                    self.namespace,
+                    name,
+                    [
+                        {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+                        {"op": "add", "path": "/status", "value": {"phase": "Pending"}},
+                    ],
+                )
+            except Conflict:
+                raise SystemExit(
+                    "an operator took the job before the benchmark could: --protocol measures "
+                    "workers alone; scale the kubemr-operator Deployment to 0 first."
+                ) from None
         else:
             obj = self.kube.create_job(self.namespace, self.manifest(tasks, rep))
             name = obj["metadata"]["name"]
