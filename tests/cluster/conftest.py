@@ -187,14 +187,24 @@ def ns(cluster: Cluster, namespace: str, installed: None) -> str:
 
 @pytest.fixture
 def quiet_cluster_operator(cluster: Cluster) -> Any:
-    """The installed operator (if another test module installed it) scaled to 0, so that
-    this one alone acts on the job; scaled back afterwards."""
+    """The installed operator (if another test module installed it) scaled to 0 and its pods
+    gone, so that the test's own operator (or none) alone acts on its jobs; scaled back
+    afterwards."""
     there = kubectl(
         cluster, "-n", "kubemr-system", "get", "deployment", "kubemr-operator", check=False
     )
     if there.returncode == 0:
         kubectl(
             cluster, "-n", "kubemr-system", "scale", "deployment/kubemr-operator", "--replicas=0"
+        )
+        wait_until(
+            "the installed operator's pods to be gone",
+            lambda: (
+                not cluster.core.list_namespaced_pod(
+                    "kubemr-system", label_selector="app.kubernetes.io/name=kubemr-operator"
+                ).items
+            ),
+            90,
         )
     yield
     if there.returncode == 0:
