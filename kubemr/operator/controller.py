@@ -336,7 +336,11 @@ def main(
     signal.signal(signal.SIGINT, stop)
     log.info("kubemr operator %s watching %s", controller.me, namespace or "all namespaces")
     code = 0
-    if elector is None or elector.acquire(controller.stopping):
+    standby = controller.metrics
+    if elector is not None:
+        standby.standing_by(True)
+    if elector is None or elector.acquire(controller.stopping, standby.beat):
+        standby.standing_by(False)
         if elector is not None:
             controller.metrics.leader.set(1)
             elector.keep(controller.stopping, on_lost=controller.stopping.set)

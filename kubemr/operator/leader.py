@@ -103,10 +103,14 @@ class LeaderElector:
         self._observed = (self._record(written), time.monotonic())
         return True
 
-    def acquire(self, stopping: threading.Event) -> bool:
-        """Wait until this process holds the Lease (True), or `stopping` is set (False)."""
+    def acquire(
+        self, stopping: threading.Event, waiting: Callable[[], None] = lambda: None
+    ) -> bool:
+        """Wait until this process holds the Lease (True), or `stopping` is set (False);
+        `waiting` is called before each try (the liveness heartbeat of a standby)."""
         announced = False
         while not stopping.is_set():
+            waiting()
             try:
                 if self.try_acquire_or_renew():
                     log.info(

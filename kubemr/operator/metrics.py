@@ -20,7 +20,9 @@ Metrics, in controller-runtime's names where one exists:
 
 Liveness is the reconcile loop's heartbeat (it beats at least every second
 while it waits for work); readiness is every cache filled (the jobs, worker
-Jobs and pods listed) and none retrying after a failed list or watch.
+Jobs and pods listed) and none retrying after a failed list or watch; a
+replica waiting for the leader Lease is ready (so a rolling update, whose old
+replica holds the Lease, can finish).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Metrics:
         self._beat = time.monotonic()
         self._listed = False
         self._failing = False
+        self._standby = False
 
     # -- what the controller reports ---------------------------------------------------------
 
@@ -136,8 +139,19 @@ class Metrics:
     def alive(self) -> bool:
         return time.monotonic() - self._beat <= self.stale_after
 
+    def standing_by(self, waiting: bool) -> None:
+        """Waiting for the leader Lease (or not any more). A standby is ready: it is healthy
+        and doing what it should, and a rolling update must not wait for it to lead (the
+        old replica holds the Lease until the new one is ready), as controller-runtime's
+        readiness does not depend on leading either."""
+        self.beat()
+        with self._lock:
+            self._standby = waiting
+
     def ready(self) -> bool:
         with self._lock:
+            if self._standby:
+                return self.alive()
             return self._listed and not self._failing and self.alive()
 
 

@@ -48,6 +48,8 @@ class Operator:
                 str(LEASE_SECONDS),
                 "--metrics-bind-address",
                 "127.0.0.1:0",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
             ],
@@ -67,6 +69,14 @@ class Operator:
 
     def about(self, name: str) -> list[str]:
         return [x["msg"] for x in list(self.lines) if x.get("name") == name]
+
+    def served(self, paths: str) -> str | None:
+        found = [x["msg"] for x in list(self.lines) if x["msg"].startswith(f"serving {paths} on ")]
+        return found[0].rsplit(" ", 1)[1] if found else None
+
+    def ready(self) -> bool:
+        probes = self.served("/healthz /readyz")
+        return probes is not None and fetch(f"http://{probes}/readyz")[0] == 200
 
     def leader_metric(self) -> float | None:
         found = [x["msg"] for x in list(self.lines) if x["msg"].startswith("serving /metrics on ")]
@@ -103,6 +113,10 @@ def test_one_leader_acts_and_a_standby_takes_over(
     second = Operator(cluster, namespace)
     try:
         wait_until("the second to wait", lambda: second.said("waiting to become the leader"), 30)
+        # A standby is ready (a rolling update waits for the new replica's readiness while
+        # the old one holds the Lease), and its leader gauge says it does not lead.
+        wait_until("the standby to be ready", second.ready, 30)
+        assert second.leader_metric() == 0.0
         lease = kube.get_lease(namespace, "kubemr-operator")
         assert lease is not None and lease["spec"]["leaseDurationSeconds"] == LEASE_SECONDS
         assert wait_until("the leader gauge", lambda: first.leader_metric() == 1.0, 10)
