@@ -132,7 +132,7 @@ def read_run(path: str) -> RunInfo:
 
 def all_runs() -> list[RunInfo]:
     """Every run in the runs directory, oldest first."""
-    home = runs_home()
+    home = os.path.abspath(runs_home())  # as find_run gives them, so the two compare
     try:
         names = sorted(os.listdir(home))
     except FileNotFoundError:

@@ -68,9 +68,9 @@ def test_runs_lists_and_delete_removes_what_runs_keep(kubemr: Kubemr) -> None:
         refused = kubemr("delete", "live")
         assert refused.returncode == 1
         assert f"live is running (process {running.pid})" in refused.stderr, refused.stderr
-        gone = kubemr("delete", "--finished")
+        gone = kubemr("delete", "ok", "--finished")  # named and finished: deleted once
         assert gone.returncode == 0, gone.stderr
-        assert "deleted ok (" in gone.stdout
+        assert gone.stdout.count("deleted ok (") == 1, gone.stdout
         assert (
             "deleted bad (" in gone.stdout
             and f"its output stays in file://{elsewhere}" in gone.stdout
