@@ -381,36 +381,50 @@ class Kube:
         self, namespace: str | None, resource_version: str, timeout: int
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event type, object) from a watch; raises Gone when the version is too old."""
+        fn: Any = self.custom.list_cluster_custom_object
+        args: tuple[str, ...] = (GROUP, VERSION, PLURAL)
+        if namespace:
+            fn, args = (
+                self.custom.list_namespaced_custom_object,
+                (GROUP, VERSION, namespace, PLURAL),
+            )
+        yield from self._stream(fn, args, "MapReduceJobs", resource_version, timeout)
+
+    def _stream(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        what: str,
+        resource_version: str,
+        timeout: int,
+        **query: Any,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event type, object as a dict) of a watch through the client's list function
+        `fn(*args)` from `resource_version` on, for at most `timeout` seconds; raises Gone
+        when the version is too old."""
         from kubernetes import watch
 
         w = watch.Watch()
-        kwargs: dict[str, Any] = {
-            "resource_version": resource_version,
-            "timeout_seconds": timeout,
-            "allow_watch_bookmarks": True,
-            # The server ends the watch after `timeout`; the client gives it a little longer.
-            "_request_timeout": (self.timeout, timeout + self.timeout),
-        }
         try:
-            if namespace:
-                stream = w.stream(
-                    self.custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    **kwargs,
-                )
-            else:
-                stream = w.stream(
-                    self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, **kwargs
-                )
+            stream = w.stream(
+                fn,
+                *args,
+                resource_version=resource_version,
+                timeout_seconds=timeout,
+                allow_watch_bookmarks=True,
+                # The server ends the watch after `timeout`; the client gives it a little longer.
+                _request_timeout=(self.timeout, timeout + self.timeout),
+                **query,
+            )
             for event in stream:
-                yield _event(event, "the watch")
+                raw = event.get("raw_object")  # the object as the server sent it, not a model
+                if raw is not None and event.get("type") != "ERROR":
+                    event = {"type": event.get("type"), "object": raw}
+                yield _event(event, f"the watch of {what}")
         except KubemrError:
             raise
         except Exception as exc:
-            raise _translate(exc, "watching MapReduceJobs") from exc
+            raise _translate(exc, f"watching {what}") from exc
         finally:
             w.stop()
 
@@ -539,28 +553,31 @@ class Kube:
             raise err from exc
 
     def get_batch_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            job = self.batch.read_namespaced_job(name, namespace, _request_timeout=self.timeout)
-        except Exception as exc:
-            err = _translate(exc, f"reading Job {namespace}/{name}")
-            if isinstance(err, NotFound):
-                return None
-            raise err from exc
-        out: dict[str, Any] = self.api_client.sanitize_for_serialization(job)
-        return out
+        return self._read_or_none(
+            self.batch.read_namespaced_job, namespace, name, f"reading Job {namespace}/{name}"
+        )
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The coordination.k8s.io Lease `name`, or None if there is none."""
+        return self._read_or_none(
+            self.coordination.read_namespaced_lease,
+            namespace,
+            name,
+            f"reading Lease {namespace}/{name}",
+        )
+
+    def _read_or_none(
+        self, read: Any, namespace: str, name: str, what: str
+    ) -> dict[str, Any] | None:
+        """`read(name, namespace)` as a dict, or None if there is no such object."""
         try:
-            lease = self.coordination.read_namespaced_lease(
-                name, namespace, _request_timeout=self.timeout
-            )
+            found = read(name, namespace, _request_timeout=self.timeout)
         except Exception as exc:
-            err = _translate(exc, f"reading Lease {namespace}/{name}")
+            err = _translate(exc, what)
             if isinstance(err, NotFound):
                 return None
             raise err from exc
-        out: dict[str, Any] = self.api_client.sanitize_for_serialization(lease)
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(found)
         return out
 
     def write_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -622,31 +639,8 @@ class Kube:
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event type, object as a dict) of the batch Jobs or Pods matching `selector` from
         `resource_version` on; raises Gone when the version is too old."""
-        from kubernetes import watch
-
         fn, args = self._owned_api(kind, namespace)
-        w = watch.Watch()
-        try:
-            stream = w.stream(
-                fn,
-                *args,
-                label_selector=selector,
-                resource_version=resource_version,
-                timeout_seconds=timeout,
-                allow_watch_bookmarks=True,
-                _request_timeout=(self.timeout, timeout + self.timeout),
-            )
-            for event in stream:
-                raw = event.get("raw_object")
-                if raw is not None and event.get("type") != "ERROR":
-                    event = {"type": event.get("type"), "object": raw}
-                yield _event(event, f"the watch of {kind}")
-        except KubemrError:
-            raise
-        except Exception as exc:
-            raise _translate(exc, f"watching {kind}") from exc
-        finally:
-            w.stop()
+        yield from self._stream(fn, args, kind, resource_version, timeout, label_selector=selector)
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         try:
