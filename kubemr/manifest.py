@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubemr.errors import InputError, SpecError
-from kubemr.spec import JobSpec, load_manifest, opaque_text, parse_manifest, scheme_of
+from kubemr.spec import JobSpec, is_path, load_manifest, parse_manifest, scheme_of
 from kubemr.storage import to_url
+from kubemr.storage.local import file_path
 
 
 def read_manifest(path: str) -> dict[str, Any]:
@@ -35,11 +36,12 @@ def read_manifest(path: str) -> dict[str, Any]:
 def resolve_input(item: str, base: str) -> str:
     """A path (absolute, relative to the manifest's directory, or ~) becomes file://; URLs and
     `opaque:TEXT` stay as they are. A path that does not exist is refused here, with the rule."""
-    if opaque_text(item) is not None or scheme_of(item) is not None:
+    if not is_path(item):
         return item
     url = to_url(item, base)
-    if not os.path.lexists(url[len("file://") :].rstrip("/") or "/"):
-        where = "" if item.startswith(("/", "~")) else f" (no {url[len('file://') :]})"
+    path = file_path(url)
+    if not os.path.lexists(path.rstrip("/") or "/"):
+        where = "" if item.startswith(("/", "~")) else f" (no {path})"
         raise InputError(
             f"input {item} does not exist{where}; check the path (relative paths are taken from "
             f"the manifest's directory), or write opaque:{item} to hand the string to the map "
@@ -59,7 +61,7 @@ def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
             f"got {spec.output!r}."
         )
     for i, item in enumerate(spec.inputs):
-        if opaque_text(item) is None and scheme_of(item) in (None, "file"):
+        if is_path(item) or scheme_of(item) == "file":
             raise SpecError(
                 f"spec.inputs[{i}] is a local path ({item}); pods cannot read your disk: give an "
                 "s3:// URL, or submit with `kubemr submit --upload` to copy it to S3 first (a "

@@ -120,7 +120,7 @@ def list_inputs(inputs: tuple[str, ...], lister: Lister) -> list[ObjectInfo | st
     for item in inputs:
         url = classify(item)
         if url is None:
-            out.append(item[len(OPAQUE) :])
+            out.append(item.removeprefix(OPAQUE))
             continue
         try:
             found = lister(url)

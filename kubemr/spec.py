@@ -353,6 +353,11 @@ def opaque_text(item: str) -> str | None:
     return item[len(OPAQUE) :] if item.startswith(OPAQUE) else None
 
 
+def is_path(item: str) -> bool:
+    """Whether an input names a path (which must exist): neither a URL nor `opaque:TEXT`."""
+    return opaque_text(item) is None and scheme_of(item) is None
+
+
 def scheme_of(url: str) -> str | None:
     """The lower-case scheme of `scheme://...`, or None for anything else."""
     m = _SCHEME.match(url)
