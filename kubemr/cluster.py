@@ -24,7 +24,7 @@ from kubemr.errors import JobNotFound, RunError
 from kubemr.kube import Kube, KubeConfig, KubeError
 from kubemr.manifest import cluster_spec, read_manifest, resolve_input
 from kubemr.progress import Progress
-from kubemr.runs import find_run
+from kubemr.runs import find_run, read_doc
 from kubemr.spec import JobSpec, parse_manifest
 from kubemr.storage import join, storage_for
 from kubemr.storage.base import Storage, StorageConfig
@@ -65,13 +65,7 @@ def locate(args: argparse.Namespace) -> Located:
         except RunError as exc:
             local_error = exc
         else:
-            from kubemr.store.sqlite import SqliteStore
-
-            store = SqliteStore(f"{run_dir}/job.db")
-            try:
-                return Located(store.get(), run_dir=run_dir)
-            finally:
-                store.close()
+            return Located(read_doc(run_dir), run_dir=run_dir)
     try:
         kube = kube_from(args)
     except KubeError as exc:

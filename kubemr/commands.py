@@ -26,13 +26,12 @@ from kubemr.local import LocalRun, check_inputs, check_output, prepare, run_spec
 from kubemr.manifest import read_manifest
 from kubemr.plan import load_plan
 from kubemr.progress import describe
-from kubemr.runs import lock_run, runs_home
+from kubemr.runs import lock_run, read_doc, runs_home
 from kubemr.shim import config as shim_config
 from kubemr.shim.attempt import Failure
 from kubemr.shim.job import Job
 from kubemr.shim.stdin import feed
 from kubemr.spec import parse_manifest
-from kubemr.store.sqlite import SqliteStore
 
 
 def _err(text: str) -> None:
@@ -67,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     again = f"kubemr run {shlex.quote(args.file)} --run-dir NEW-DIR"
     if os.path.exists(db):
         lock_run(run_dir)
-        stored = SqliteStore(db).get()
+        stored = read_doc(run_dir)
         differ = spec_differences(stored.get("spec") or {}, run_spec(prep, run_dir))
         if differ:
             raise RunMismatch(

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kubemr import state
 from kubemr.errors import KubemrError, RunError, UsageError
@@ -111,16 +112,21 @@ def disk_usage(path: str) -> int:
     return total
 
 
+def read_doc(run_dir: str) -> dict[str, Any]:
+    """The job document of the run in `run_dir` (its `job.db`)."""
+    store = SqliteStore(os.path.join(run_dir, "job.db"))
+    try:
+        return store.get()
+    finally:
+        store.close()
+
+
 def read_run(path: str) -> RunInfo:
     """A run directory's name, phase, age and size; a run whose document cannot be read is
     listed as Unreadable (it can still be deleted)."""
     name, phase, created, output = os.path.basename(path), "Unreadable", None, None
     try:
-        store = SqliteStore(os.path.join(path, "job.db"))
-        try:
-            doc = store.get()
-        finally:
-            store.close()
+        doc = read_doc(path)
         name = str(doc["metadata"]["name"])
         phase = state.phase_of(doc) or "Pending"
         created = state.parse_iso(doc["metadata"].get("creationTimestamp"))
