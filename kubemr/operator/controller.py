@@ -336,21 +336,30 @@ def main(
     signal.signal(signal.SIGINT, stop)
     log.info("kubemr operator %s watching %s", controller.me, namespace or "all namespaces")
     code = 0
-    standby = controller.metrics
-    if elector is not None:
-        standby.standing_by(True)
-    if elector is None or elector.acquire(controller.stopping, standby.beat):
-        standby.standing_by(False)
-        if elector is not None:
-            controller.metrics.leader.set(1)
-            elector.keep(controller.stopping, on_lost=controller.stopping.set)
+    if elector is None:
         controller.run()
-        if elector is not None and elector.lost.is_set():
-            log.error("stopped: this operator is no longer the leader")
-            code = 1  # restarted, it stands for election again
-        elif elector is not None:
-            elector.release()
-        controller.metrics.leader.set(0)
+    else:
+        code = lead(controller, elector)
     for server in servers:
         server.stop()
     return code
+
+
+def lead(controller: Controller, elector: LeaderElector) -> int:
+    """Run the controller while this process holds the leader Lease: wait for it (a ready
+    standby), reconcile until stopped or the Lease is lost, then release it. Returns the exit
+    code: 1 when the Lease was lost (restarted, the process stands for election again)."""
+    metrics = controller.metrics
+    metrics.standing_by(True)
+    if not elector.acquire(controller.stopping, metrics.beat):
+        return 0
+    metrics.standing_by(False)
+    metrics.leader.set(1)
+    elector.keep(controller.stopping, on_lost=controller.stopping.set)
+    controller.run()
+    metrics.leader.set(0)
+    if elector.lost.is_set():
+        log.error("stopped: this operator is no longer the leader")
+        return 1
+    elector.release()
+    return 0

@@ -90,7 +90,7 @@ class Metrics:
         self._beat = time.monotonic()
 
     def listed(self, ok: bool) -> None:
-        """A list or watch of the jobs succeeded (ok) or failed and will be retried."""
+        """Whether every cache is filled and none is retrying a failed list or watch."""
         self.beat()
         with self._lock:
             self._listed = self._listed or ok
