@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -124,3 +125,75 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     pattern = "^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)$"
     found = re.search(pattern, text, re.M)
     return float(found.group(1)) if found else None
+
+
+class OperatorProcess:
+    """`kubemr operator` run as a process here against the devcluster (watching `namespace`,
+    metrics and probes on ports of the kernel's choosing, JSON logs), its log lines collected
+    as they come."""
+
+    def __init__(self, cluster: Cluster, namespace: str, *extra: str) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kubemr",
+                "operator",
+                "-n",
+                namespace,
+                "--kubeconfig",
+                cluster.kubeconfig,
+                *extra,
+                "--metrics-bind-address",
+                "127.0.0.1:0",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(json.loads(line))  # every line is one JSON object
+
+    def said(self, text: str) -> bool:
+        return any(text in x["msg"] for x in list(self.lines))
+
+    def about(self, name: str) -> list[dict[str, Any]]:
+        """The log lines about the job `name`."""
+        return [x for x in list(self.lines) if x.get("name") == name]
+
+    def served(self, paths: str) -> str | None:
+        """The address it said it serves `paths` ("/metrics", "/healthz /readyz") on."""
+        found = [x["msg"] for x in list(self.lines) if x["msg"].startswith(f"serving {paths} on ")]
+        return found[0].rsplit(" ", 1)[1] if found else None
+
+    def ready(self) -> bool:
+        probes = self.served("/healthz /readyz")
+        return probes is not None and fetch(f"http://{probes}/readyz")[0] == 200
+
+    def leader_metric(self) -> float | None:
+        at = self.served("/metrics")
+        return metric(fetch(f"http://{at}/metrics")[1], "kubemr_operator_leader") if at else None
+
+
+def failing_job(kube: Any, namespace: str, prefix: str) -> str:
+    """Create a MapReduceJob an operator fails at once (it names no output); its name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kube.create_job(
+        namespace,
+        {
+            "apiVersion": "kubemr.io/v1alpha1",
+            "kind": "MapReduceJob",
+            "metadata": {"name": name},
+            "spec": {"inputs": ["opaque:x"], "map": "cat"},  # no output: it fails
+        },
+    )
+    return name
