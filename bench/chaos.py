@@ -106,6 +106,7 @@ class Outcome:
     reason: str = ""
     recoveries: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    parts: int = 0  # part files visible in the output when the run ended
 
     @property
     def ok(self) -> bool:
@@ -403,6 +404,7 @@ def one_run(
         reason="" if phase == "Succeeded" else message,
         recoveries=[round(r, 2) for r in recoveries],
         seconds=round(time.monotonic() - started, 1),
+        parts=len(visible),
     )
 
 
@@ -518,7 +520,11 @@ def main() -> int:
         if args.json:
             Path(args.json).write_text(
                 json.dumps(
-                    {"clean_seconds": clean_seconds, "runs": [asdict(o) for o in outcomes]},
+                    {
+                        "clean_seconds": clean_seconds,
+                        "clean_parts": {name: len(data) for name, data in reference.items()},
+                        "runs": [asdict(o) for o in outcomes],
+                    },
                     indent=1,
                 )
             )

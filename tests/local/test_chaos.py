@@ -47,8 +47,10 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
         timeout=600,
     )
     assert report.exists(), proc.stderr
-    runs = json.loads(report.read_text())["runs"]
-    return {run["kind"]: run for run in runs}
+    found = json.loads(report.read_text())
+    clean = found["clean_parts"]  # the reference: 3 partitions, none empty
+    assert len(clean) == 3 and all(clean.values()), clean
+    return {run["kind"]: run for run in found["runs"]}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -61,6 +63,7 @@ def test_chaos_run_completes_identically_or_fails_cleanly(
     if kind == "unwritable":
         assert outcome["phase"] != "Succeeded" and outcome["exit_code"] in (1, 2), outcome
         assert "not a directory" in outcome["reason"].lower(), outcome
+        assert outcome["parts"] == 0, outcome  # no part file anywhere under the output
         return
     assert outcome["phase"] == "Succeeded" and outcome["exit_code"] == 0, outcome
     if kind in ("sigkill", "sigstop"):
