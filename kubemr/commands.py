@@ -361,35 +361,48 @@ def _replay_reduce(
     """A reduce task as the worker runs it (kubemr.shim.reducer: the same fetch and merge),
     its output to `out`."""
     from kubemr.shim.attempt import sort_argv
-    from kubemr.shim.reducer import fetch_runs, merge_argv, run_urls
+    from kubemr.shim.reducer import merge_argv, merge_inputs
+    from kubemr.shuffle import IndexCache
 
     done, total = state.counts(doc, "map")
     if done < total:
         raise RunError(f"{task.name} cannot be replayed before every map task is done.")
     assert job.commands.reduce is not None
+    attempts = state.attempts_of(doc, "map")
+    gone = RunError(
+        "the map outputs of this run were removed after it succeeded; set "
+        "spec.keepIntermediate: true to replay reduce tasks."
+    )
     try:
-        paths = fetch_runs(job, run_urls(workdir, state.attempts_of(doc, "map"), task.index), cwd)
-        missing = [p for p in paths if not os.path.exists(p)]
+        feed = merge_inputs(
+            job, workdir, attempts, task.index, os.path.join(cwd, ".runs"), IndexCache()
+        )
+        missing = [p for p in feed.paths if not os.path.exists(p)]
         if missing:
             raise NotFound(f"{missing[0]} is gone")
     except NotFound as exc:
-        raise RunError(
-            "the map outputs of this run were removed after it succeeded; set "
-            "spec.keepIntermediate: true to replay reduce tasks."
-        ) from exc
+        raise gone from exc
     env = job.task_env(task, attempt, {"KUBEMR_PARTITION": str(task.index)})
-    _err(f"replaying {task.name} over {len(paths)} sorted run(s) in {cwd}")
+    _err(f"replaying {task.name} over {len(attempts)} map output(s) in {cwd}")
     merger = subprocess.Popen(
-        merge_argv(sort_argv(job), paths, os.path.join(cwd, ".runs.lst")),
+        merge_argv(sort_argv(job), feed, os.path.join(cwd, ".runs.lst")),
         env={**os.environ, "LC_ALL": "C"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
     )
     assert merger.stdout is not None
-    reducer = subprocess.Popen(
-        ["sh", "-c", job.commands.reduce], cwd=cwd, env=env, stdin=merger.stdout, stdout=out
-    )
-    merger.stdout.close()
-    code = reducer.wait()
-    merger.wait()
+    feed.start(merger.kill)
+    try:
+        reducer = subprocess.Popen(
+            ["sh", "-c", job.commands.reduce], cwd=cwd, env=env, stdin=merger.stdout, stdout=out
+        )
+        merger.stdout.close()
+        code = reducer.wait()
+        merger.wait()
+    finally:
+        feed.close()
+    try:
+        feed.failure.raise_if_any()
+    except NotFound as exc:
+        raise gone from exc
     return code

@@ -4,7 +4,9 @@
     <output>/_RESULTS                   the result URLs, one a line (jobs with many results)
     <output>/_SUCCESS                   written last, once the job has Succeeded
     <workdir>/plan-a<N>.json            the plan written by planning attempt N
-    <workdir>/data/<task>/a<N>/...      what attempt N of a task wrote (sorted runs, parts)
+    <workdir>/data/<task>/a<N>/...      what attempt N of a task wrote: a map attempt's
+                                        map.out (object storage) or part-PPPPP[.zst] (a local
+                                        disk; see kubemr.shuffle), a reduce attempt's part
     <workdir>/logs/<task>.a<N>.stderr   the stderr of attempt N of a task
 
 The workdir defaults to `<output>/_kubemr/<job uid>/` (names starting with
@@ -37,9 +39,15 @@ def data_root(workdir: str) -> str:
     return join(workdir, "data") + "/"
 
 
-def map_run(workdir: str, task: Task, attempt: int, partition: int) -> str:
-    """Attempt `attempt` of map task `task`: its sorted run for `partition`."""
-    return join(attempt_dir(workdir, task, attempt), f"part-{partition:05d}")
+def map_run(workdir: str, task: Task, attempt: int, partition: int, codec: str = "none") -> str:
+    """Attempt `attempt` of map task `task` on a local disk: its sorted run for `partition`."""
+    suffix = ".zst" if codec == "zstd" else ""
+    return join(attempt_dir(workdir, task, attempt), f"part-{partition:05d}{suffix}")
+
+
+def map_output(workdir: str, task: Task, attempt: int) -> str:
+    """Attempt `attempt` of map task `task` on object storage: all its partitions, indexed."""
+    return join(attempt_dir(workdir, task, attempt), "map.out")
 
 
 def result_name(task: Task) -> str:

@@ -58,6 +58,7 @@ SPEC_FIELDS = (
     "separator",
     "keyFields",
     "keepIntermediate",
+    "mapOutputCompression",
     "ttlSecondsAfterFinished",
 )
 STORAGE_FIELDS = ("endpoint", "region", "secretName")
@@ -104,6 +105,10 @@ OPAQUE = "opaque:"
 #: any image with /bin/sh next to a kubemr sidecar that moves the data (`sidecar`).
 WRAPPER, SIDECAR = "wrapper", "sidecar"
 MODES = (WRAPPER, SIDECAR)
+AUTO = "auto"
+#: spec.mapOutputCompression: `auto` is zstd where map outputs go to object storage, none on a
+#: local disk (see kubemr.shuffle).
+MAP_OUTPUT_CODECS = (AUTO, "zstd", "none")
 OUTPUT_SCHEMES = ("s3", "file")
 
 
@@ -142,6 +147,7 @@ class JobSpec:
     separator: str = "\t"
     key_fields: int = 1
     keep_intermediate: bool = False
+    map_output_compression: str = AUTO
     ttl_seconds_after_finished: int | None = None
 
 
@@ -318,6 +324,14 @@ def parse_spec(
     keep = spec.get("keepIntermediate", False)
     if not isinstance(keep, bool):
         raise SpecError(f"spec.keepIntermediate must be true or false, got {keep!r}.")
+    compression = _opt_str(spec, "mapOutputCompression", "spec.")
+    if compression is None:
+        compression = AUTO
+    if compression not in MAP_OUTPUT_CODECS:
+        raise SpecError(
+            "spec.mapOutputCompression must be 'auto' (zstd on object storage, none on a local "
+            f"disk), 'zstd' or 'none', got {compression!r}."
+        )
     ttl: int | None = None
     if spec.get("ttlSecondsAfterFinished") is not None:
         ttl = _int(spec, "ttlSecondsAfterFinished", 0, 0, 365 * 24 * 3600)
@@ -344,6 +358,7 @@ def parse_spec(
         separator=separator,
         key_fields=key_fields,
         keep_intermediate=keep,
+        map_output_compression=compression,
         ttl_seconds_after_finished=ttl,
     )
 

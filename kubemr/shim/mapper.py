@@ -10,7 +10,8 @@ thread splits the sorted stream by partition (lines with one key are
 adjacent there, so it moves a run of them at a time) into one file, or one
 combiner and then a file, per partition: each partition's lines stay sorted,
 and a combiner sees exactly the sorted lines of its partition. The files are
-then stored under this attempt's own names.
+then stored under this attempt's own names, as `kubemr.shuffle` lays them out
+(one object for all partitions on object storage).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import subprocess
 import threading
 from typing import IO
 
-from kubemr import layout
+from kubemr import layout, shuffle
 from kubemr.partition import distribute_sorted
 from kubemr.plan import Split
 from kubemr.reporter import Counters
@@ -39,7 +40,8 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     procs: list[Proc] = []
     readers: dict[int, Proc] = {}  # id of a process -> the process reading its output
     threads: list[threading.Thread] = []
-    outputs: list[tuple[str, str]] = []  # (local file, storage URL)
+    outputs: list[tuple[str, str]] = []  # map-only: (local file, storage URL)
+    files: list[str] = []  # with partitions: the sorted lines of each
     ranges = local_ranges(split, job.storage)
     whole = open_whole(ranges) if ranges is not None else None
     stdin: int = subprocess.PIPE if whole is None else whole
@@ -59,8 +61,6 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     if partitions > 0:
         assert mapper.popen.stdout is not None
         files = [os.path.join(att.out, f"part-{p:05d}") for p in range(partitions)]
-        for p, local in enumerate(files):
-            outputs.append((local, layout.map_run(workdir, att.task, att.number, p)))
         if partitions == 1:
             chain = _sort_and_combine(att, env, mapper.popen.stdout, files[0])
             procs.extend(chain)
@@ -97,8 +97,15 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     failure.raise_if_any()
     for proc in reversed(procs):
         att.check(proc, proc.label, readers.get(id(proc)))
-    for local, url in outputs:
-        job.storage(url).put_file(local, url)
+    if partitions == 0:
+        for local, url in outputs:
+            job.storage(url).put_file(local, url)
+    else:
+        storage = job.storage(workdir)
+        codec = shuffle.codec_for(
+            job.spec.map_output_compression, shuffle.one_object(storage, workdir)
+        )
+        shuffle.store(storage, workdir, att.task, att.number, files, codec)
     return att.log.counters
 
 

@@ -32,6 +32,7 @@ from kubemr.shim.planner import Planned, run_plan
 from kubemr.shim.process import Watch
 from kubemr.shim.publisher import run_publish
 from kubemr.shim.reducer import run_reduce
+from kubemr.shuffle import IndexCache, Spool
 from kubemr.state import Task
 
 log = logging.getLogger("kubemr.shim")
@@ -56,6 +57,9 @@ class TaskRunner(Protocol):
 
     def run(self, job: Job, doc: Doc, task: Task, attempt: int, watch: Watch) -> Result: ...
 
+    def claimed(self, held: state.Held) -> None:
+        """The worker is about to run the tasks of `held`, in order."""
+
     def status(self) -> str | None:
         """The reporter status of the attempt running now, if it reported one."""
 
@@ -75,7 +79,20 @@ class DataPath:
     def __init__(self, config: ShimConfig) -> None:
         self.config = config
         self._plans: dict[str, list[Split]] = {}
+        self._indexes = IndexCache()
+        self._spool = Spool(os.path.join(config.scratch, "spool"))
+        self._claim_end = 0  # the end of this worker's claim of reduce tasks
         self._current: Attempt | None = None
+
+    def claimed(self, held: state.Held) -> None:
+        """The worker is about to run the tasks of `held`, in order: a reduce task reads ahead
+        for the ones after it, and what was read ahead for tasks before them is dropped."""
+        if held.stage == "reduce":
+            self._spool.prune(held.a)
+            self._claim_end = held.b
+        else:
+            self._spool.clear()
+            self._claim_end = 0
 
     def status(self) -> str | None:
         current = self._current
@@ -102,7 +119,9 @@ class DataPath:
             split = self.splits(job, doc)[task.index]
             return Result(counters=run_map(att, split, workdir))
         if task.stage == "reduce":
-            return Result(counters=run_reduce(att, workdir, state.attempts_of(doc, "map")))
+            maps = state.attempts_of(doc, "map")
+            counters = run_reduce(att, workdir, maps, self._indexes, self._spool, self._claim_end)
+            return Result(counters=counters)
         results, manifest = run_publish(job, workdir, doc)
         return Result(results=results, results_url=manifest)
 
@@ -174,6 +193,9 @@ class NoData:
             with open(self.record, "a", encoding="utf-8") as f:
                 f.write(f"{task.name} {attempt}\n")
         return Result()
+
+    def claimed(self, held: state.Held) -> None:
+        pass
 
     def status(self) -> str | None:
         return None

@@ -41,6 +41,7 @@ from kubemr.errors import (
 )
 from kubemr.shim import config as shim_config
 from kubemr.shim import exchange, sidecar
+from kubemr.shim.attempt import REAPER
 from kubemr.shim.config import ShimConfig
 from kubemr.shim.job import Job
 from kubemr.shim.process import Stopped, Watch
@@ -412,6 +413,7 @@ class Worker:
             self.writer, self.store, held, self.runner.status, self.parent_alive, time.monotonic()
         )
         keeper.start()
+        self.runner.claimed(held)
         if held.b - held.a > 1:
             log.info(
                 "claimed %s-%d..%d (%d tasks)", held.stage, held.a, held.b - 1, held.b - held.a
@@ -678,6 +680,7 @@ def main(config: ShimConfig) -> int:
         )
         return code
     finally:
+        REAPER.drain()  # no scratch directory left behind
         worker.store.close()
         if config.executor is not None:
             sidecar.finish(config, code, worker.stopping)

@@ -199,3 +199,37 @@ def running_task(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
         if entry["s"] == "r":
             return i, entry
     return None
+
+
+def run_as_pods(kubemr: Kubemr, doc: dict[str, Any], workers: int = 2) -> dict[str, Any]:
+    """Run the job `doc` with `kubemr shim` processes sharing one job document and no local
+    workdir, as worker pods run it; returns the document at the end. The SQLite document
+    stands in for the MapReduceJob object."""
+    from kubemr.store.sqlite import SqliteStore
+
+    doc = {**doc, "metadata": {**doc.get("metadata", {}), "uid": str(uuid.uuid4())}}
+    doc["status"] = {"phase": "Pending"}
+    db = kubemr.tmp / f"job-{doc['metadata']['uid']}.db"
+    SqliteStore.create(str(db), doc).close()
+    procs = []
+    for i in range(workers):
+        env = kubemr.environ(
+            {
+                "KUBEMR_STORE": f"sqlite://{db}",
+                "KUBEMR_WORKER_ID": f"pod-{i}",
+                "KUBEMR_SCRATCH": str(kubemr.tmp / f"scratch-{db.stem}-{i}"),
+            }
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "kubemr", "shim"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    logs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    final = SqliteStore(str(db)).get()
+    assert final["status"]["phase"] == "Succeeded", logs
+    return final

@@ -411,6 +411,20 @@ def test_replay_map_and_reduce(kubemr: Kubemr) -> None:
         assert red.stdout.encode() == (kubemr.tmp / "out" / f"part-r-0000{p}").read_bytes()
 
 
+def test_no_attempt_leaves_its_scratch_directory_behind(kubemr: Kubemr) -> None:
+    """Attempts' scratch directories are removed in the background; a worker waits for that
+    before it exits."""
+    for i in range(12):
+        (kubemr.tmp / f"in{i}.txt").write_text(f"w{i} x\n" * 50)
+    inputs = [f"./in{i}.txt" for i in range(12)]
+    job = kubemr.job("scratch", inputs=inputs, map=MAP_SH, reduce=REDUCE_SH, partitions=2)
+    assert kubemr("run", str(job), "-w", "2").returncode == 0
+    scratch = kubemr.run_dir("scratch") / "scratch"
+    left = [p for w in scratch.iterdir() for p in w.iterdir() if p.name not in ("pgids", "spool")]
+    assert left == [], left
+    assert not [p for p in scratch.glob("*/spool/*")]  # nothing read ahead is left either
+
+
 def test_intermediate_data_removed_after_success(kubemr: Kubemr) -> None:
     (kubemr.tmp / "in.txt").write_text("a\nb\n")
     job = kubemr.job("clean", inputs=["./in.txt"], map="cat", reduce="cat")

@@ -9,17 +9,15 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from conftest import REPO, Kubemr
+import yaml
+from conftest import REPO, Kubemr, run_as_pods
 
 WORDCOUNT = REPO / "examples" / "bash-wordcount"
 CORPUS = sorted(p for p in (WORDCOUNT / "corpus").iterdir() if not p.name.startswith("_"))
@@ -102,40 +100,12 @@ def test_missing_s3_input_is_refused_before_start(kubemr: Kubemr, s3_env: str) -
 
 def test_workers_as_pods_run_them_move_data_through_s3(kubemr: Kubemr, s3_env: str) -> None:
     """`kubemr shim` processes sharing one job document, with no local workdir: the way
-    worker pods run. The SQLite document stands in for the MapReduceJob object here."""
-    from kubemr.store.sqlite import SqliteStore
-
+    worker pods run."""
     put_corpus(s3_env)
     job = wordcount_job(kubemr, "pods", [f"{s3_env}corpus/"], f"{s3_env}out/")
-    import yaml
-
     doc = yaml.safe_load(job.read_text())
-    doc["metadata"]["uid"] = str(uuid.uuid4())
     doc["spec"]["keepIntermediate"] = False
-    doc["status"] = {"phase": "Pending"}
-    db = kubemr.tmp / "job.db"
-    SqliteStore.create(str(db), doc).close()
-    workers = []
-    for i in range(2):
-        env = kubemr.environ(
-            {
-                "KUBEMR_STORE": f"sqlite://{db}",
-                "KUBEMR_WORKER_ID": f"pod-{i}",
-                "KUBEMR_SCRATCH": str(kubemr.tmp / f"scratch{i}"),
-            }
-        )
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "kubemr", "shim"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    logs = [w.communicate(timeout=120)[0].decode() for w in workers]
-    assert all(w.returncode == 0 for w in workers), logs
-    status = SqliteStore(str(db)).get()["status"]
-    assert status["phase"] == "Succeeded", logs
+    status = run_as_pods(kubemr, doc)["status"]
     assert status["workdir"].startswith(f"{s3_env}out/_kubemr/")
     stored = s3_listing(f"{s3_env}out/")
     reference = local_reference(kubemr)

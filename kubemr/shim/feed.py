@@ -1,0 +1,293 @@
+"""Streaming map outputs into a reduce task's merge, with nothing staged on disk.
+
+A reduce task merges one sorted segment of every map task with one `sort -m`. Segments that
+are plain local files are named to it as they are. Each of the others (a range of an object
+in S3, a compressed file) gets a FIFO in the attempt's scratch directory, which a thread
+fills with the segment's bytes, decompressed, as the merge reads them.
+
+GNU sort merges at most `--batch-size` inputs at once, opening them in the order it was given
+them, each batch whole before it reads any, and merging batch after batch into temporary
+files when there are more. So the threads are exactly as many as the batch, and take the
+FIFOs in that order: every FIFO of the batch being merged has a writer, and a writer waiting
+for a later batch blocks in open(), not in write(). Nothing can deadlock, and at most a batch
+of streams is open at a time, however many map tasks there are.
+
+A dropped connection is resumed where it broke (a new ranged GET from the next byte; the
+decompressor goes on where it was), up to `RETRIES` times. A segment that cannot be read,
+or that decodes to another size than its index says, fails the attempt: the merge is killed
+at once, so the reduce command never sees a clean end of a partial input go unnoticed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, cast
+
+import zstandard
+
+from kubemr.errors import StorageError, TemporaryStorageError
+from kubemr.shim.attempt import Failure
+from kubemr.shuffle import ZSTD, Segment
+from kubemr.storage.base import Storage
+
+BATCH = 32
+"""Inputs `sort -m` merges at once (its --batch-size), and so the threads streaming them."""
+CHUNK = 1024 * 1024
+RETRIES = 4
+PIPE_BYTES = 1024 * 1024
+
+
+class _FdWriter:
+    """A write-only file object over a FIFO's descriptor, writing everything it is given."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Feed:
+    """The merge inputs of one reduce attempt: `paths`, in order, for `sort -m`; call `start`
+    once the merge runs, `close` once it has ended (or failed), then `failure.raise_if_any`."""
+
+    def __init__(
+        self,
+        storage: Callable[[str], Storage],
+        segments: Sequence[Segment],
+        directory: str,
+        batch: int = BATCH,
+    ) -> None:
+        self.batch = batch
+        self.failure = Failure()
+        self.paths: list[str] = []
+        self._storage = storage
+        self._streams: list[tuple[str, Segment]] = []
+        self._spooled = [seg.path for seg in segments if seg.spooled and seg.path is not None]
+        for i, seg in enumerate(segments):
+            if seg.path is not None:
+                self.paths.append(seg.path)
+                continue
+            os.makedirs(directory, exist_ok=True)
+            fifo = os.path.join(directory, f"{i:06d}")
+            os.mkfifo(fifo, 0o600)
+            self.paths.append(fifo)
+            self._streams.append((fifo, seg))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pending = {fifo for fifo, _ in self._streams}  # not yet done by their writer
+        self._pool: ThreadPoolExecutor | None = None
+        self._on_failure: Callable[[], None] = lambda: None
+
+    def start(self, on_failure: Callable[[], None]) -> None:
+        """Start the writers; `on_failure` is called (from a writer) if a segment fails, to stop
+        the merge."""
+        self._on_failure = on_failure
+        if not self._streams:
+            return
+        self._pool = ThreadPoolExecutor(min(self.batch, len(self._streams)), "feed")
+        for fifo, seg in self._streams:
+            self._pool.submit(self._send, fifo, seg)
+
+    def close(self) -> None:
+        """Stop every writer and wait for them: those waiting for a reader are released by
+        opening their FIFO here (the merge has ended: nobody else will). Spooled segments
+        are removed: they were read ahead for this merge only."""
+        self._stop.set()
+        for path in self._spooled:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        pool = self._pool
+        if pool is None:
+            return
+        while True:
+            with self._lock:
+                waiting = list(self._pending)
+            if not waiting:
+                break
+            for fifo in waiting:
+                try:
+                    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+            time.sleep(0.005)
+        pool.shutdown(wait=True)
+
+    def _send(self, fifo: str, seg: Segment) -> None:
+        try:
+            if self._stop.is_set():
+                return
+            out = _FdWriter(os.open(fifo, os.O_WRONLY))  # waits for the merge to open it
+            with contextlib.suppress(OSError):  # fewer wake-ups than 64 KiB at a time
+                fcntl.fcntl(out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            try:
+                if not self._stop.is_set():
+                    _stream(self._storage(seg.url), seg, out)
+            finally:
+                out.close()
+        except BrokenPipeError:
+            pass  # the merge stopped reading: its own exit status says whether that is an error
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                self._fail(exc)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            with self._lock:
+                self._pending.discard(fifo)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._stop.is_set():
+            return
+        self.failure.record(exc)
+        self._on_failure()
+
+
+def _decoder(codec: str, out: IO[bytes]) -> IO[bytes]:
+    """A writer that decodes what it is given into `out` (writing it all before returning)."""
+    if codec != ZSTD:
+        return out
+    writer = zstandard.ZstdDecompressor().stream_writer(out, write_size=CHUNK, closefd=False)
+    return cast("IO[bytes]", writer)
+
+
+class _Counting(io.RawIOBase):
+    """A file that counts what is written to it."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__()
+        self.file = file
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any, /) -> int:
+        self.file.write(data)
+        self.written += len(data)
+        return len(data)
+
+
+class _Route:
+    """Where the bytes of one read go, by their offset in the object: the segment's own to
+    the merge (closing its FIFO as soon as they are all there), the rest decoded into spool
+    files."""
+
+    def __init__(self, seg: Segment, out: _FdWriter) -> None:
+        self.seg = seg
+        self.out = out
+        self.sink = _decoder(seg.codec, cast("IO[bytes]", out))
+        self.ahead = list(seg.ahead)
+        self.file: IO[bytes] | None = None
+        self.counted: _Counting | None = None
+        self.decode: IO[bytes] | None = None
+        self.main = seg.end is None or seg.start < seg.end
+
+    def write(self, pos: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.main:
+                end = self.seg.end
+                take = view if end is None else view[: end - pos]
+                self.sink.write(take)
+                if end is not None and pos + len(take) == end:
+                    self.end_main()
+            else:
+                if not self.ahead:
+                    return  # past the last segment read ahead: nothing wanted
+                target = self.ahead[0]
+                if pos < target.start:  # an empty partition's place: nothing there
+                    take = view[: target.start - pos]
+                else:
+                    if self.file is None:
+                        self.file = open(target.path + ".partial", "wb")  # noqa: SIM115
+                        self.counted = _Counting(self.file)
+                        self.decode = _decoder(self.seg.codec, cast("IO[bytes]", self.counted))
+                    assert self.decode is not None and self.counted is not None
+                    take = view[: target.end - pos]
+                    self.decode.write(take)
+                    if pos + len(take) == target.end:
+                        self.file.close()
+                        self.file = None
+                        _check(
+                            self.seg.url,
+                            target.start,
+                            target.end,
+                            self.counted.written,
+                            target.size,
+                        )
+                        os.replace(target.path + ".partial", target.path)
+                        self.ahead.pop(0)
+            pos += len(take)
+            view = view[len(take) :]
+
+    def end_main(self) -> None:
+        """The segment's own bytes are all written: check them and let the merge go on."""
+        self.main = False
+        seg = self.seg
+        _check(seg.url, seg.start, seg.end, self.out.written, seg.size)
+        self.out.close()
+
+    def abandon(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            os.unlink(self.file.name)
+            self.file = None
+
+
+def _check(url: str, start: int, end: int | None, got: int, size: int) -> None:
+    if size >= 0 and got != size:
+        raise StorageError(
+            f"bytes {start}-{end} of {url} decode to {got} bytes, not the {size} its index "
+            "records: the map output is damaged."
+        )
+
+
+def _stream(storage: Storage, seg: Segment, out: _FdWriter) -> None:
+    """Write segment `seg`, decoded, to `out`, and what it reads ahead to the spool; resume a
+    broken read where it stopped."""
+    route = _Route(seg, out)
+    end = seg.ahead[-1].end if seg.ahead else seg.end
+    pos = seg.start
+    tries = 0
+    try:
+        while end is None or pos < end:
+            try:
+                with storage.open_read(seg.url, pos, end) as src:
+                    while chunk := src.read(CHUNK):
+                        route.write(pos, chunk)
+                        pos += len(chunk)
+                if end is None or pos >= end:
+                    break
+                raise TemporaryStorageError(f"{seg.url} ended at byte {pos}, before byte {end}")
+            except TemporaryStorageError:
+                tries += 1
+                if tries > RETRIES:
+                    raise
+                time.sleep(0.2 * 2**tries)
+        if route.main:
+            route.end_main()
+    finally:
+        route.abandon()

@@ -1,0 +1,324 @@
+"""The shuffle: how a map attempt stores its sorted output, and where a reduce task finds its
+partition of it.
+
+On a local disk (any storage with local paths) an attempt stores one file per partition,
+`<attempt dir>/part-PPPPP` (`.zst` when compressed): a file there costs an inode and no
+request, and an uncompressed one is merged by `sort -m` where it lies.
+
+On object storage an attempt stores one object, `<attempt dir>/map.out`, whatever the number
+of partitions, as Hadoop and Spark write one file per map task: M map tasks make M objects,
+not M x P (a 1 TB job in 64 MiB splits with 1,000 partitions would otherwise PUT 16 million
+of them). The object starts with an index of fixed size, so that a reader who knows P reads
+it with one ranged GET:
+
+    offset    0  b"kmrmap01"                 the format
+              8  codec                       4 bytes: b"none" or b"zstd"
+             12  P                           u32, little-endian
+             16  P x (end, size)             u64 each: where segment p ends in the object, and
+                                             how many bytes it holds uncompressed
+      16 + 16 P  segment 0, segment 1, ...   partition p's sorted lines: one zstd frame each,
+                                             or the bytes themselves
+
+A reduce task reads the index of every committed map attempt (kept by the worker for its
+next reduce task), then its own segment of each (one ranged GET; none when it is empty), and
+streams it decompressed into the merge (`kubemr.shim.feed`). Every attempt writes under its
+own name and readers name the committed attempts, so a zombie attempt is never read.
+
+Compression (`spec.mapOutputCompression`): `auto`, the default, is zstd at level 1 on object
+storage, where every byte crosses the network twice, and none on a local disk, where it would
+only cost CPU (docs/benchmarks.md has the figures); `zstd` and `none` force either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import zstandard
+
+from kubemr import layout
+from kubemr.errors import StorageError
+from kubemr.spec import AUTO
+from kubemr.state import Task
+from kubemr.storage.base import Storage
+
+MAGIC = b"kmrmap01"
+NONE, ZSTD = "none", "zstd"
+ZSTD_LEVEL = 1
+_HEAD = struct.Struct("<8s4sI")
+_ENTRY = struct.Struct("<QQ")
+COPY_CHUNK = 8 * 1024 * 1024
+INDEX_THREADS = 16
+#: What a worker's spool may hold (see `Spool`), the most it reads ahead from one object for
+#: the tasks of its claim, and for tasks beyond it (which it may not get: about what one
+#: request costs in time, so reading them is cheaper than asking for them again).
+SPOOL_BYTES = 1024 * 1024 * 1024
+AHEAD_PER_MAP = 16 * 1024 * 1024
+SPECULATIVE_PER_MAP = 256 * 1024
+#: How many bytes of map output indexes a worker keeps for its next reduce tasks.
+INDEX_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def one_object(storage: Storage, workdir: str) -> bool:
+    """Whether map attempts store one object each (object storage), not a file per partition."""
+    return storage.local_path(workdir) is None
+
+
+def codec_for(setting: str, single_object: bool) -> str:
+    """The codec of map outputs: `setting` (spec.mapOutputCompression), `auto` resolved."""
+    if setting == AUTO:
+        return ZSTD if single_object else NONE
+    return setting
+
+
+def index_size(partitions: int) -> int:
+    return _HEAD.size + _ENTRY.size * partitions
+
+
+@dataclass(frozen=True)
+class Index:
+    """The index at the start of a map output object."""
+
+    codec: str
+    ends: tuple[int, ...]  # where each segment ends, from the start of the object
+    sizes: tuple[int, ...]  # uncompressed bytes of each segment
+
+    def segment(self, partition: int) -> tuple[int, int]:
+        """Byte range [start, end) of `partition`'s segment in the object."""
+        start = self.ends[partition - 1] if partition else index_size(len(self.ends))
+        return start, self.ends[partition]
+
+    def encode(self) -> bytes:
+        entries = b"".join(_ENTRY.pack(e, s) for e, s in zip(self.ends, self.sizes, strict=True))
+        return _HEAD.pack(MAGIC, self.codec.encode(), len(self.ends)) + entries
+
+    @staticmethod
+    def decode(data: bytes, partitions: int, url: str) -> Index:
+        """Parse the first `index_size(partitions)` bytes of `url`; StorageError if they are not
+        the index of a map output with that many partitions."""
+        if len(data) < _HEAD.size:
+            raise StorageError(f"{url} is not a kubemr map output: it is too short.")
+        magic, codec, count = _HEAD.unpack_from(data)
+        if magic != MAGIC or codec not in (b"none", b"zstd"):
+            raise StorageError(f"{url} is not a kubemr map output (no index at its start).")
+        if count != partitions or len(data) < index_size(partitions):
+            raise StorageError(
+                f"{url} holds {count} partitions, not the {partitions} of this job, "
+                "or is cut short."
+            )
+        pairs = [_ENTRY.unpack_from(data, _HEAD.size + _ENTRY.size * p) for p in range(count)]
+        return Index(codec.decode(), tuple(e for e, _ in pairs), tuple(s for _, s in pairs))
+
+
+def store(
+    storage: Storage, workdir: str, task: Task, attempt: int, files: Sequence[str], codec: str
+) -> None:
+    """Store the sorted partition files of one map attempt (`files[p]` for partition p; they
+    may be consumed), in the layout of `storage` (see the module docstring)."""
+    if not one_object(storage, workdir):
+        for p, local in enumerate(files):
+            if codec == ZSTD:
+                packed = local + ".zst"
+                with open(local, "rb") as src, open(packed, "wb") as dst:
+                    zstandard.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(src, dst)
+                os.unlink(local)
+                local = packed
+            url = layout.map_run(workdir, task, attempt, p, codec)
+            storage.put_file(local, url)
+        return
+    packed = os.path.join(os.path.dirname(files[0]), "map.out")
+    with open(packed, "wb") as dst:
+        dst.seek(index_size(len(files)))
+        ends, sizes = [], []
+        for local in files:
+            with open(local, "rb") as src:
+                if codec == ZSTD:
+                    read, _ = zstandard.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(src, dst)
+                    sizes.append(read)
+                else:
+                    sizes.append(_copy(src.fileno(), dst.fileno()))
+            os.unlink(local)
+            ends.append(dst.tell())
+        dst.seek(0)
+        dst.write(Index(codec, tuple(ends), tuple(sizes)).encode())
+    storage.put_file(packed, layout.map_output(workdir, task, attempt))
+
+
+def _copy(src: int, dst: int) -> int:
+    """Append all of file `src` at the position of file `dst`, in the kernel; the bytes copied."""
+    total = 0
+    while n := os.copy_file_range(src, dst, COPY_CHUNK):
+        total += n
+    return total
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """Bytes [start, end) of a map output, another partition's segment (`size` bytes once
+    decoded), to keep decoded at `path`."""
+
+    start: int
+    end: int
+    size: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Where one map task's part of a partition is: a local file to merge as it is (`path`), or
+    bytes [start, end) of `url` (to its end when `end` is None) to stream, `size` bytes once
+    decoded with `codec` (-1: not known in advance). The same read goes on through `ahead`,
+    the segments of the partitions this worker reduces next, into its spool."""
+
+    url: str
+    codec: str
+    start: int = 0
+    end: int | None = None
+    size: int = -1
+    path: str | None = None
+    ahead: tuple[Ahead, ...] = ()
+    #: A spool file, to remove once read.
+    spooled: bool = False
+
+
+class Spool:
+    """Segments read ahead for this worker's next reduce tasks, one file each, until they run.
+
+    On object storage a reduce task would read one range of every map output: M x P requests
+    for a job, each a round trip costing more than its bytes when segments are small. But the
+    partitions of one map output lie one after the other, and a worker claims consecutive
+    reduce tasks, so the first task of a claim reads, with each request, the segments of the
+    tasks after it as well (up to `budget` / M bytes per map output), and keeps them here.
+    It also reads a little beyond its claim (`SPECULATIVE_PER_MAP`), since the next claim
+    usually starts there and a request costs as much time as that many bytes. A spool file
+    holds a segment decoded, so the merge reads it where it lies, with no thread to feed it;
+    it appears whole (written aside, checked against the index, then renamed) and is removed
+    once merged, or once the worker's claims have moved past its partition; committed map
+    attempts never change, so a spooled segment is never stale.
+    """
+
+    def __init__(self, directory: str, budget: int = SPOOL_BYTES) -> None:
+        self.directory = directory
+        self.budget = budget
+
+    def path(self, url: str, partition: int) -> str:
+        name = hashlib.sha256(url.encode()).hexdigest()[:24]
+        return os.path.join(self.directory, f"{name}-{partition:05d}")
+
+    def found(self, url: str, partition: int) -> str | None:
+        path = self.path(url, partition)
+        return path if os.path.exists(path) else None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        os.makedirs(self.directory, exist_ok=True)
+
+    def prune(self, below: int) -> None:
+        """Remove what was read ahead for partitions before `below` (a claim starting there
+        takes the first tasks left to do: the others are done, or another worker's)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            part = name.rsplit("-", 1)[-1].removesuffix(".partial")
+            if not part.isdigit() or int(part) < below:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.directory, name))
+
+    def per_map(self, maps: int, claimed: bool) -> int:
+        """How many bytes beyond its own segment a task may read ahead from one map output,
+        for tasks of its claim (`claimed`) or beyond it."""
+        most = AHEAD_PER_MAP if claimed else SPECULATIVE_PER_MAP
+        return min(most, self.budget // max(1, maps))
+
+
+class IndexCache:
+    """The indexes of map outputs one worker has read, for its next reduce tasks (thread-safe,
+    bounded in bytes; committed attempts never change, so nothing in it goes stale)."""
+
+    def __init__(self, limit: int = INDEX_CACHE_BYTES) -> None:
+        self._limit = limit
+        self._used = 0
+        self._entries: OrderedDict[str, Index] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, storage: Storage, url: str, partitions: int) -> Index:
+        with self._lock:
+            found = self._entries.get(url)
+            if found is not None:
+                self._entries.move_to_end(url)
+                return found
+        with storage.open_read(url, 0, index_size(partitions)) as f:
+            index = Index.decode(f.read(), partitions, url)
+        with self._lock:
+            if url not in self._entries:
+                self._entries[url] = index
+                self._used += index_size(partitions)
+                while self._used > self._limit and len(self._entries) > 1:
+                    _, dropped = self._entries.popitem(last=False)
+                    self._used -= index_size(len(dropped.ends))
+        return index
+
+
+def locate(
+    storage: Storage,
+    workdir: str,
+    map_attempts: Sequence[int],
+    partition: int,
+    partitions: int,
+    codec: str,
+    cache: IndexCache,
+    check: Callable[[], None] = lambda: None,
+    spool: Spool | None = None,
+    upto: int = 0,
+) -> list[Segment]:
+    """The non-empty segments of `partition` in every committed map attempt, in map task
+    order (`map_attempts[i]`: the committed attempt of map task i). On object storage this
+    reads the indexes (from `cache` when it has them; `check` runs before each read, so that
+    a stopped task stops), and, with a `spool`, takes segments read ahead into it, or reads
+    ahead the segments of the partitions after it: those before `upto` (the rest of the
+    worker's claim), and a few more (see `Spool`)."""
+    tasks = [Task("map", i) for i in range(len(map_attempts))]
+    if not one_object(storage, workdir):
+        found = []
+        for task, attempt in zip(tasks, map_attempts, strict=True):
+            url = layout.map_run(workdir, task, attempt, partition, codec)
+            path = storage.local_path(url)
+            found.append(Segment(url, codec, path=path if codec == NONE else None))
+        return found
+    claimed = spool.per_map(len(tasks), True) if spool is not None else 0
+    beyond = spool.per_map(len(tasks), False) if spool is not None else 0
+
+    def read(i: int) -> Segment | None:
+        check()
+        url = layout.map_output(workdir, tasks[i], map_attempts[i])
+        index = cache.get(storage, url, partitions)
+        start, end = index.segment(partition)
+        if end == start:
+            return None
+        size = index.sizes[partition]
+        if spool is not None:
+            kept = spool.found(url, partition)
+            if kept is not None:
+                return Segment("file://" + kept, NONE, size=size, path=kept, spooled=True)
+        ahead = []
+        for q in range(partition + 1, partitions if spool is not None else 0):
+            q_start, q_end = index.segment(q)
+            if q_end - end > (claimed if q < upto else beyond):
+                break
+            if q_end > q_start:
+                assert spool is not None
+                ahead.append(Ahead(q_start, q_end, index.sizes[q], spool.path(url, q)))
+        return Segment(url, index.codec, start, end, size, ahead=tuple(ahead))
+
+    with ThreadPoolExecutor(INDEX_THREADS) as pool:
+        return [seg for seg in pool.map(read, range(len(tasks))) if seg is not None]
