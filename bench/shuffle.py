@@ -197,19 +197,22 @@ def write_side(
     way: str, storage: S3Storage, workdir: str, files: list[list[str]], workers: int, copies: str
 ) -> None:
     def store(m: int) -> None:
+        """What a map attempt does once its partitioner has written its sorted lines: P
+        local files before, one spill file now (shuffle.Spill)."""
         task = Task("map", m)
         local = os.path.join(copies, f"{m:05d}")
         os.makedirs(local, exist_ok=True)
-        mine = []
-        for p, src in enumerate(files[m]):
-            dst = os.path.join(local, f"part-{p:05d}")
-            shutil.copyfile(src, dst)  # store() consumes its files
-            mine.append(dst)
         if way == "before":
-            for p, path in enumerate(mine):
-                storage.put_file(path, layout.map_run(workdir, task, 1, p))
+            for p, src in enumerate(files[m]):
+                dst = os.path.join(local, f"part-{p:05d}")
+                shutil.copyfile(src, dst)
+                storage.put_file(dst, layout.map_run(workdir, task, 1, p))
         else:
-            shuffle.store(storage, workdir, task, 1, mine, way)
+            spill = shuffle.Spill(os.path.join(local, "spill"), len(files[m]))
+            for sink, src in zip(spill.sinks(), files[m], strict=True):
+                sink.write(Path(src).read_bytes())
+            spill.close()
+            shuffle.store(storage, workdir, task, 1, spill, way)
         shutil.rmtree(local)
 
     with ThreadPoolExecutor(workers) as pool:
@@ -256,7 +259,7 @@ def read_side(
                     segments = shuffle.locate(
                         storage, workdir, attempts, p, partitions, way, cache, spool=spool, upto=b
                     )
-                    feed = Feed(storage_of, segments, os.path.join(scratch, "fifos"))
+                    feed = Feed(storage_of, segments, os.path.join(scratch, "fifos"), spool=spool)
                     results[p] = merge([], scratch, feed)
                 shutil.rmtree(scratch)
 

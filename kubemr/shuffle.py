@@ -32,6 +32,7 @@ only cost CPU (docs/benchmarks.md has the figures); `zstd` and `none` force eith
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -118,11 +119,62 @@ class Index:
         return Index(codec.decode(), tuple(e for e, _ in pairs), tuple(s for _, s in pairs))
 
 
+class Spill:
+    """Every partition's sorted lines of one map attempt in one local file, in the order the
+    partitioner writes them, with where each piece went: on object storage the attempt
+    stores one object anyway, and P local files would cost P file creations (a millisecond
+    each on some disks) for nothing. `sinks` are what the partitioner writes to."""
+
+    def __init__(self, path: str, partitions: int) -> None:
+        self.path = path
+        self.partitions = partitions
+        self.pieces: list[list[tuple[int, int]]] = [[] for _ in range(partitions)]
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._pos = 0
+
+    def sinks(self) -> list[SpillSink]:
+        return [SpillSink(self, p) for p in range(self.partitions)]
+
+    def write(self, partition: int, data: bytes) -> None:
+        if data:
+            self._file.write(data)
+            self.pieces[partition].append((self._pos, len(data)))
+            self._pos += len(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SpillSink:
+    """One partition's way into a `Spill`."""
+
+    def __init__(self, spill: Spill, partition: int) -> None:
+        self.spill = spill
+        self.partition = partition
+
+    def write(self, data: bytes, /) -> int:
+        self.spill.write(self.partition, data)
+        return len(data)
+
+    def close(self) -> None:
+        pass  # the spill is closed once every partition is written
+
+
 def store(
-    storage: Storage, workdir: str, task: Task, attempt: int, files: Sequence[str], codec: str
+    storage: Storage,
+    workdir: str,
+    task: Task,
+    attempt: int,
+    files: Sequence[str] | Spill,
+    codec: str,
 ) -> None:
-    """Store the sorted partition files of one map attempt (`files[p]` for partition p; they
-    may be consumed), in the layout of `storage` (see the module docstring)."""
+    """Store the sorted partitions of one map attempt (`files[p]` for partition p, which may
+    be consumed, or a Spill on object storage), in the layout of `storage` (see the module
+    docstring)."""
+    if isinstance(files, Spill):
+        _pack_spill(files, codec)
+        storage.put_file(_packed(files.path), layout.map_output(workdir, task, attempt))
+        return
     if not one_object(storage, workdir):
         for p, local in enumerate(files):
             if codec == ZSTD:
@@ -152,6 +204,41 @@ def store(
     storage.put_file(packed, layout.map_output(workdir, task, attempt))
 
 
+def _packed(path: str) -> str:
+    return os.path.join(os.path.dirname(path), "map.out")
+
+
+def _pack_spill(spill: Spill, codec: str) -> None:
+    """Write the object of a Spill beside it: the index, then each partition's pieces."""
+    ends, sizes = [], []
+    with open(spill.path, "rb") as src, open(_packed(spill.path), "wb", buffering=0) as dst:
+        out = dst.fileno()
+        os.lseek(out, index_size(spill.partitions), os.SEEK_SET)
+        for pieces in spill.pieces:
+            sizes.append(sum(n for _, n in pieces))
+            if codec == ZSTD:
+                frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+                for offset, n in pieces:
+                    _write_all(out, frame.compress(os.pread(src.fileno(), n, offset)))
+                _write_all(out, frame.flush())
+            else:
+                for offset, n in pieces:
+                    while n:
+                        copied = os.copy_file_range(src.fileno(), out, n, offset)
+                        if not copied:
+                            raise OSError(f"{spill.path} is shorter than what was written to it")
+                        offset, n = offset + copied, n - copied
+            ends.append(os.lseek(out, 0, os.SEEK_CUR))
+        os.pwrite(out, Index(codec, tuple(ends), tuple(sizes)).encode(), 0)
+    os.unlink(spill.path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _copy(src: int, dst: int) -> int:
     """Append all of file `src` at the position of file `dst`, in the kernel; the bytes copied."""
     total = 0
@@ -162,12 +249,11 @@ def _copy(src: int, dst: int) -> int:
 
 @dataclass(frozen=True)
 class Ahead:
-    """Bytes [start, end) of a map output, another partition's segment (`size` bytes once
-    decoded), to keep decoded at `path`."""
+    """Where a read goes on after its segment: to byte `end` of the object, the segments of
+    the partitions up to `last`, into one spool file at `path`."""
 
-    start: int
     end: int
-    size: int
+    last: int
     path: str
 
 
@@ -175,8 +261,8 @@ class Ahead:
 class Segment:
     """Where one map task's part of a partition is: a local file to merge as it is (`path`), or
     bytes [start, end) of `url` (to its end when `end` is None) to stream, `size` bytes once
-    decoded with `codec` (-1: not known in advance). The same read goes on through `ahead`,
-    the segments of the partitions this worker reduces next, into its spool."""
+    decoded with `codec` (-1: not known in advance). With `ahead`, the same read goes on
+    into the worker's spool, for the partitions this worker reduces next."""
 
     url: str
     codec: str
@@ -184,55 +270,86 @@ class Segment:
     end: int | None = None
     size: int = -1
     path: str | None = None
-    ahead: tuple[Ahead, ...] = ()
-    #: A spool file, to remove once read.
-    spooled: bool = False
+    ahead: Ahead | None = None
+    #: The last segment read from a spool file: remove the file once merged.
+    last_of_spool: bool = False
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Bytes [start, end) of a map output, read ahead into the local file `path`: the
+    segments of partitions up to `last`."""
+
+    path: str
+    start: int
+    end: int
+    last: int
 
 
 class Spool:
-    """Segments read ahead for this worker's next reduce tasks, one file each, until they run.
+    """Segments read ahead for this worker's next reduce tasks, one local file per map output.
 
     On object storage a reduce task would read one range of every map output: M x P requests
     for a job, each a round trip costing more than its bytes when segments are small. But the
     partitions of one map output lie one after the other, and a worker claims consecutive
     reduce tasks, so the first task of a claim reads, with each request, the segments of the
-    tasks after it as well (up to `budget` / M bytes per map output), and keeps them here.
-    It also reads a little beyond its claim (`SPECULATIVE_PER_MAP`), since the next claim
-    usually starts there and a request costs as much time as that many bytes. A spool file
-    holds a segment decoded, so the merge reads it where it lies, with no thread to feed it;
-    it appears whole (written aside, checked against the index, then renamed) and is removed
-    once merged, or once the worker's claims have moved past its partition; committed map
-    attempts never change, so a spooled segment is never stale.
+    tasks after it as well (up to `budget` / M bytes per map output), and keeps them here, as
+    they are stored, in one file per map output. It also reads a little beyond its claim
+    (`SPECULATIVE_PER_MAP`), since its next claim usually starts there and a request costs as
+    much time as that many bytes. A kept range counts once it is whole (written aside, then
+    renamed); the file is removed once its last partition is merged, or once the worker's
+    claims have moved past it. Committed map attempts never change, so nothing kept is stale.
     """
 
     def __init__(self, directory: str, budget: int = SPOOL_BYTES) -> None:
         self.directory = directory
         self.budget = budget
+        self._kept: dict[str, Kept] = {}
+        self._lock = threading.Lock()
 
     def path(self, url: str, partition: int) -> str:
-        name = hashlib.sha256(url.encode()).hexdigest()[:24]
+        """Where a read of `url` starting at `partition`'s segment keeps what follows it."""
+        name = hashlib.sha256(url.encode()).hexdigest()[:32]
         return os.path.join(self.directory, f"{name}-{partition:05d}")
 
-    def found(self, url: str, partition: int) -> str | None:
-        path = self.path(url, partition)
-        return path if os.path.exists(path) else None
+    def keep(self, url: str, kept: Kept) -> None:
+        with self._lock:
+            self._kept[url] = kept
+
+    def take(self, url: str, start: int, end: int, partition: int) -> Segment | None:
+        """Bytes [start, end) of `url` (partition `partition`'s segment) from a kept file, as
+        a segment to stream (its `url` the local file), or None if they were not kept."""
+        with self._lock:
+            kept = self._kept.get(url)
+            if kept is None or not kept.start <= start <= end <= kept.end:
+                return None
+            if partition >= kept.last:
+                del self._kept[url]
+        local = "file://" + kept.path
+        offset = start - kept.start
+        return Segment(
+            local, NONE, offset, offset + end - start, last_of_spool=partition >= kept.last
+        )
 
     def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
         os.makedirs(self.directory, exist_ok=True)
 
     def prune(self, below: int) -> None:
-        """Remove what was read ahead for partitions before `below` (a claim starting there
-        takes the first tasks left to do: the others are done, or another worker's)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
-        for name in names:
-            part = name.rsplit("-", 1)[-1].removesuffix(".partial")
-            if not part.isdigit() or int(part) < below:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.directory, name))
+        """Forget what was read ahead only for partitions before `below` (a claim starting
+        there takes the first tasks left to do: the others are done, or another worker's)."""
+        with self._lock:
+            gone = [url for url, kept in self._kept.items() if kept.last < below]
+            paths = [self._kept.pop(url).path for url in gone]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def kept_paths(self) -> list[str]:
+        with self._lock:
+            return [kept.path for kept in self._kept.values()]
 
     def per_map(self, maps: int, claimed: bool) -> int:
         """How many bytes beyond its own segment a task may read ahead from one map output,
@@ -306,19 +423,19 @@ def locate(
         if end == start:
             return None
         size = index.sizes[partition]
-        if spool is not None:
-            kept = spool.found(url, partition)
-            if kept is not None:
-                return Segment("file://" + kept, NONE, size=size, path=kept, spooled=True)
-        ahead = []
-        for q in range(partition + 1, partitions if spool is not None else 0):
-            q_start, q_end = index.segment(q)
+        if spool is None:
+            return Segment(url, index.codec, start, end, size)
+        kept = spool.take(url, start, end, partition)
+        if kept is not None:
+            return dataclasses.replace(kept, codec=index.codec, size=size)
+        last, upto_byte = partition, end
+        for q in range(partition + 1, partitions):
+            q_end = index.segment(q)[1]
             if q_end - end > (claimed if q < upto else beyond):
                 break
-            if q_end > q_start:
-                assert spool is not None
-                ahead.append(Ahead(q_start, q_end, index.sizes[q], spool.path(url, q)))
-        return Segment(url, index.codec, start, end, size, ahead=tuple(ahead))
+            last, upto_byte = q, q_end
+        ahead = Ahead(upto_byte, last, spool.path(url, partition)) if upto_byte > end else None
+        return Segment(url, index.codec, start, end, size, ahead=ahead)
 
     with ThreadPoolExecutor(INDEX_THREADS) as pool:
         return [seg for seg in pool.map(read, range(len(tasks))) if seg is not None]

@@ -23,26 +23,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import zstandard
 
 from kubemr.errors import StorageError, TemporaryStorageError
 from kubemr.shim.attempt import Failure
-from kubemr.shuffle import ZSTD, Segment
+from kubemr.shuffle import ZSTD, Kept, Segment, Spool
 from kubemr.storage.base import Storage
 
-BATCH = 32
+BATCH = 256
 """Inputs `sort -m` merges at once (its --batch-size), and so the threads streaming them."""
 CHUNK = 1024 * 1024
 RETRIES = 4
 PIPE_BYTES = 1024 * 1024
+SHM = "/dev/shm"
 
 
 class _FdWriter:
@@ -79,19 +81,23 @@ class Feed:
         segments: Sequence[Segment],
         directory: str,
         batch: int = BATCH,
+        spool: Spool | None = None,
     ) -> None:
         self.batch = batch
         self.failure = Failure()
         self.paths: list[str] = []
         self._storage = storage
+        self._spool = spool
         self._streams: list[tuple[str, Segment]] = []
-        self._spooled = [seg.path for seg in segments if seg.spooled and seg.path is not None]
+        self._spent = [seg.url.removeprefix("file://") for seg in segments if seg.last_of_spool]
+        self._fifos: str | None = None
         for i, seg in enumerate(segments):
             if seg.path is not None:
                 self.paths.append(seg.path)
                 continue
-            os.makedirs(directory, exist_ok=True)
-            fifo = os.path.join(directory, f"{i:06d}")
+            if self._fifos is None:
+                self._fifos = _fifo_directory(directory)
+            fifo = os.path.join(self._fifos, f"{i:06d}")
             os.mkfifo(fifo, 0o600)
             self.paths.append(fifo)
             self._streams.append((fifo, seg))
@@ -113,38 +119,37 @@ class Feed:
 
     def close(self) -> None:
         """Stop every writer and wait for them: those waiting for a reader are released by
-        opening their FIFO here (the merge has ended: nobody else will). Spooled segments
-        are removed: they were read ahead for this merge only."""
+        opening their FIFO here (the merge has ended: nobody else will). Spool files whose
+        last segment this merge read are removed."""
         self._stop.set()
-        for path in self._spooled:
+        if self._pool is not None:
+            while True:
+                with self._lock:
+                    waiting = list(self._pending)
+                if not waiting:
+                    break
+                for fifo in waiting:
+                    with contextlib.suppress(OSError):
+                        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+                time.sleep(0.005)
+            self._pool.shutdown(wait=True)
+        for path in self._spent:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        pool = self._pool
-        if pool is None:
-            return
-        while True:
-            with self._lock:
-                waiting = list(self._pending)
-            if not waiting:
-                break
-            for fifo in waiting:
-                try:
-                    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
-                except OSError:
-                    pass
-            time.sleep(0.005)
-        pool.shutdown(wait=True)
+        if self._fifos is not None:
+            shutil.rmtree(self._fifos, ignore_errors=True)
 
     def _send(self, fifo: str, seg: Segment) -> None:
         try:
             if self._stop.is_set():
                 return
             out = _FdWriter(os.open(fifo, os.O_WRONLY))  # waits for the merge to open it
-            with contextlib.suppress(OSError):  # fewer wake-ups than 64 KiB at a time
-                fcntl.fcntl(out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            if seg.size < 0 or seg.size > PIPE_BYTES:
+                with contextlib.suppress(OSError):  # fewer wake-ups than 64 KiB at a time
+                    fcntl.fcntl(out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             try:
                 if not self._stop.is_set():
-                    _stream(self._storage(seg.url), seg, out)
+                    _stream(self._storage(seg.url), seg, out, self._spool)
             finally:
                 out.close()
         except BrokenPipeError:
@@ -173,75 +178,42 @@ def _decoder(codec: str, out: IO[bytes]) -> IO[bytes]:
     return cast("IO[bytes]", writer)
 
 
-class _Counting(io.RawIOBase):
-    """A file that counts what is written to it."""
-
-    def __init__(self, file: IO[bytes]) -> None:
-        super().__init__()
-        self.file = file
-        self.written = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any, /) -> int:
-        self.file.write(data)
-        self.written += len(data)
-        return len(data)
+def _fifo_directory(fallback: str) -> str:
+    """A new directory for FIFOs: in /dev/shm when there is one (creating a file in memory
+    takes microseconds, on a disk it may take a millisecond), else `fallback`."""
+    with contextlib.suppress(OSError):
+        return tempfile.mkdtemp(prefix="kubemr-feed-", dir=SHM)
+    os.makedirs(fallback, exist_ok=True)
+    return tempfile.mkdtemp(prefix="feed-", dir=fallback)
 
 
 class _Route:
     """Where the bytes of one read go, by their offset in the object: the segment's own to
-    the merge (closing its FIFO as soon as they are all there), the rest decoded into spool
-    files."""
+    the merge, decoded (closing its FIFO as soon as they are all there), the rest, as they
+    are, into one spool file."""
 
-    def __init__(self, seg: Segment, out: _FdWriter) -> None:
+    def __init__(self, seg: Segment, out: _FdWriter, spool: Spool | None) -> None:
         self.seg = seg
         self.out = out
+        self.spool = spool
         self.sink = _decoder(seg.codec, cast("IO[bytes]", out))
-        self.ahead = list(seg.ahead)
         self.file: IO[bytes] | None = None
-        self.counted: _Counting | None = None
-        self.decode: IO[bytes] | None = None
         self.main = seg.end is None or seg.start < seg.end
 
     def write(self, pos: int, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            if self.main:
-                end = self.seg.end
-                take = view if end is None else view[: end - pos]
-                self.sink.write(take)
-                if end is not None and pos + len(take) == end:
-                    self.end_main()
-            else:
-                if not self.ahead:
-                    return  # past the last segment read ahead: nothing wanted
-                target = self.ahead[0]
-                if pos < target.start:  # an empty partition's place: nothing there
-                    take = view[: target.start - pos]
-                else:
-                    if self.file is None:
-                        self.file = open(target.path + ".partial", "wb")  # noqa: SIM115
-                        self.counted = _Counting(self.file)
-                        self.decode = _decoder(self.seg.codec, cast("IO[bytes]", self.counted))
-                    assert self.decode is not None and self.counted is not None
-                    take = view[: target.end - pos]
-                    self.decode.write(take)
-                    if pos + len(take) == target.end:
-                        self.file.close()
-                        self.file = None
-                        _check(
-                            self.seg.url,
-                            target.start,
-                            target.end,
-                            self.counted.written,
-                            target.size,
-                        )
-                        os.replace(target.path + ".partial", target.path)
-                        self.ahead.pop(0)
-            pos += len(take)
+        if self.main:
+            end = self.seg.end
+            take = view if end is None else view[: end - pos]
+            self.sink.write(take)
+            if end is not None and pos + len(take) == end:
+                self.end_main()
             view = view[len(take) :]
+        ahead = self.seg.ahead
+        if view and ahead is not None:
+            if self.file is None:
+                self.file = open(ahead.path + ".partial", "wb")  # noqa: SIM115 - see end()
+            self.file.write(view)
 
     def end_main(self) -> None:
         """The segment's own bytes are all written: check them and let the merge go on."""
@@ -249,6 +221,18 @@ class _Route:
         seg = self.seg
         _check(seg.url, seg.start, seg.end, self.out.written, seg.size)
         self.out.close()
+
+    def end(self) -> None:
+        """The whole read is done: what was read ahead counts from now on."""
+        if self.main:
+            self.end_main()
+        ahead, seg = self.seg.ahead, self.seg
+        if self.file is not None and ahead is not None and self.spool is not None:
+            self.file.close()
+            self.file = None
+            os.replace(ahead.path + ".partial", ahead.path)
+            assert seg.end is not None
+            self.spool.keep(seg.url, Kept(ahead.path, seg.end, ahead.end, ahead.last))
 
     def abandon(self) -> None:
         if self.file is not None:
@@ -265,18 +249,18 @@ def _check(url: str, start: int, end: int | None, got: int, size: int) -> None:
         )
 
 
-def _stream(storage: Storage, seg: Segment, out: _FdWriter) -> None:
+def _stream(storage: Storage, seg: Segment, out: _FdWriter, spool: Spool | None) -> None:
     """Write segment `seg`, decoded, to `out`, and what it reads ahead to the spool; resume a
     broken read where it stopped."""
-    route = _Route(seg, out)
-    end = seg.ahead[-1].end if seg.ahead else seg.end
+    route = _Route(seg, out, spool)
+    end = seg.ahead.end if seg.ahead is not None else seg.end
     pos = seg.start
     tries = 0
     try:
         while end is None or pos < end:
             try:
                 with storage.open_read(seg.url, pos, end) as src:
-                    while chunk := src.read(CHUNK):
+                    while chunk := src.read(CHUNK if end is None else min(CHUNK, end - pos)):
                         route.write(pos, chunk)
                         pos += len(chunk)
                 if end is None or pos >= end:
@@ -287,7 +271,6 @@ def _stream(storage: Storage, seg: Segment, out: _FdWriter) -> None:
                 if tries > RETRIES:
                     raise
                 time.sleep(0.2 * 2**tries)
-        if route.main:
-            route.end_main()
+        route.end()
     finally:
         route.abandon()

@@ -20,6 +20,7 @@ import itertools
 import os
 import subprocess
 import threading
+from collections.abc import Sequence
 from typing import IO
 
 from kubemr import layout, shuffle
@@ -42,6 +43,9 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     threads: list[threading.Thread] = []
     outputs: list[tuple[str, str]] = []  # map-only: (local file, storage URL)
     files: list[str] = []  # with partitions: the sorted lines of each
+    spill: shuffle.Spill | None = None  # or all of them in one file (object storage)
+    storage = job.storage(workdir)
+    single = shuffle.one_object(storage, workdir)
     ranges = local_ranges(split, job.storage)
     whole = open_whole(ranges) if ranges is not None else None
     stdin: int = subprocess.PIPE if whole is None else whole
@@ -74,7 +78,12 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
             mapper.popen.stdout.close()
             procs.append(sorter)
             assert sorter.popen.stdout is not None
-            sinks = _partition_sinks(att, env, files, procs)
+            sinks: Sequence[IO[bytes] | CombineInput | shuffle.SpillSink]
+            if single and not job.commands.combine:
+                spill = shuffle.Spill(os.path.join(att.out, "spill"), partitions)
+                sinks = spill.sinks()
+            else:
+                sinks = _partition_sinks(att, env, files, procs)
             threads.append(_start_partitioner(att, sorter.popen.stdout, sinks, failure))
 
     if whole is None:
@@ -93,6 +102,8 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
         wait_all(procs, att.watch, threads)
     finally:
         att.log.close()
+        if spill is not None:
+            spill.close()
     att.check(mapper, mapper.label)
     failure.raise_if_any()
     for proc in reversed(procs):
@@ -101,11 +112,9 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
         for local, url in outputs:
             job.storage(url).put_file(local, url)
     else:
-        storage = job.storage(workdir)
-        codec = shuffle.codec_for(
-            job.spec.map_output_compression, shuffle.one_object(storage, workdir)
-        )
-        shuffle.store(storage, workdir, att.task, att.number, files, codec)
+        codec = shuffle.codec_for(job.spec.map_output_compression, single)
+        stored = spill if spill is not None else files
+        shuffle.store(storage, workdir, att.task, att.number, stored, codec)
     return att.log.counters
 
 
@@ -168,7 +177,10 @@ def _partition_sinks(
 
 
 def _start_partitioner(
-    att: Attempt, source: IO[bytes], sinks: list[IO[bytes] | CombineInput], failure: Failure
+    att: Attempt,
+    source: IO[bytes],
+    sinks: Sequence[IO[bytes] | CombineInput | shuffle.SpillSink],
+    failure: Failure,
 ) -> threading.Thread:
     """Split the sorted map output by partition, in a thread; it closes source and sinks."""
     sep = att.job.spec.separator.encode()

@@ -40,7 +40,7 @@ def merge_inputs(
     segments = shuffle.locate(
         storage, workdir, map_attempts, partition, job.partitions, codec, cache, check, spool, upto
     )
-    return Feed(job.storage, segments, directory)
+    return Feed(job.storage, segments, directory, spool=spool)
 
 
 def merge_argv(sort_argv: list[str], feed: Feed, listing: str) -> list[str]:

@@ -67,19 +67,26 @@ def test_the_index_cache_reads_each_index_once_and_stays_within_its_bytes(
         cache.get(storage, urls[0], 1)
 
 
-def test_the_spool_forgets_partitions_before_a_claim(tmp_path: Path) -> None:
+def test_the_spool_hands_out_what_it_keeps_and_forgets_what_a_claim_passed(
+    tmp_path: Path,
+) -> None:
     spool = shuffle.Spool(str(tmp_path / "spool"))
     spool.clear()
-    for p in (1, 2, 5):
-        Path(spool.path("s3://b/m0", p)).write_bytes(b"x")
-    Path(spool.path("s3://b/m1", 1) + ".partial").write_bytes(b"x")
-    spool.prune(2)
-    assert spool.found("s3://b/m0", 1) is None
-    assert spool.found("s3://b/m0", 2) and spool.found("s3://b/m0", 5)
-    assert sorted(os.listdir(spool.directory)) == sorted(
-        os.path.basename(spool.path("s3://b/m0", p)) for p in (2, 5)
-    )
-    assert spool.path("s3://b/m0", 2) != spool.path("s3://b/m1", 2)
+    for url, last in (("s3://b/m0", 3), ("s3://b/m1", 6)):
+        path = spool.path(url, 1)
+        Path(path).write_bytes(b"x" * 100)
+        spool.keep(url, shuffle.Kept(path, 1000, 1100, last))
+    assert spool.take("s3://b/m0", 990, 1010, 1) is None  # not all of it was kept
+    seg = spool.take("s3://b/m0", 1010, 1040, 2)
+    assert seg is not None and (seg.start, seg.end, seg.last_of_spool) == (10, 40, False)
+    assert seg.url == "file://" + spool.path("s3://b/m0", 1)
+    last = spool.take("s3://b/m0", 1040, 1100, 3)
+    assert last is not None and last.last_of_spool  # the feed removes the file after its merge
+    assert spool.take("s3://b/m0", 1040, 1100, 3) is None  # handed out once
+    spool.prune(7)  # a claim starting at 7: what was kept for partitions up to 6 goes
+    assert spool.take("s3://b/m1", 1000, 1010, 4) is None
+    assert not os.path.exists(spool.path("s3://b/m1", 1))
+    assert spool.path("s3://b/m0", 2) != spool.path("s3://b/m1", 2) != spool.path("s3://b/m1", 3)
 
 
 def test_on_a_local_disk_a_map_attempt_stores_a_file_per_partition(tmp_path: Path) -> None:
