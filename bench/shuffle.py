@@ -147,6 +147,8 @@ def make_outputs(root: Path, maps: int, partitions: int, total: int, kind: str) 
         os.makedirs(where / f"{m:05d}")
         for p in range(partitions):
             Path(files[m][p]).write_bytes(b"".join(buckets[p]))
+        # The same, in one file, for ways that take their partitions from memory.
+        Path(where / f"{m:05d}" / "all").write_bytes(b"".join(b"".join(b) for b in buckets))
     (where / "done").write_text("")
     return files
 
@@ -196,6 +198,8 @@ def merge(paths: list[str], scratch: str, feed: Feed | None = None) -> tuple[int
 def write_side(
     way: str, storage: S3Storage, workdir: str, files: list[list[str]], workers: int, copies: str
 ) -> None:
+    sizes = [[os.path.getsize(f) for f in parts] for parts in files]
+
     def store(m: int) -> None:
         """What a map attempt does once its partitioner has written its sorted lines: P
         local files before, one spill file now (shuffle.Spill)."""
@@ -208,9 +212,13 @@ def write_side(
                 shutil.copyfile(src, dst)
                 storage.put_file(dst, layout.map_run(workdir, task, 1, p))
         else:
+            # As the partitioner does, from the sorted lines in memory.
+            data = Path(files[m][0]).with_name("all").read_bytes()
             spill = shuffle.Spill(os.path.join(local, "spill"), len(files[m]))
-            for sink, src in zip(spill.sinks(), files[m], strict=True):
-                sink.write(Path(src).read_bytes())
+            start = 0
+            for sink, size in zip(spill.sinks(), sizes[m], strict=True):
+                sink.write(data[start : start + size])
+                start += size
             spill.close()
             shuffle.store(storage, workdir, task, 1, spill, way)
         shutil.rmtree(local)

@@ -31,7 +31,9 @@ def sort_argv(job: Job, tmp: str | None = None) -> list[str]:
     output is sorted and every reduce input merged (run with LC_ALL=C)."""
     keys = sort_keys(job.spec.separator.encode(), job.spec.key_fields)
     spill = ["-T", tmp] if tmp else []
-    return ["sort", "-S", job.config.sort_memory, *spill, *keys]
+    threads = job.config.sort_threads
+    parallel = [f"--parallel={threads}"] if threads else []
+    return ["sort", "-S", job.config.sort_memory, *parallel, *spill, *keys]
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Attempt:
 
     def __post_init__(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-        for sub in ("cwd", "out", "tmp"):
+        for sub in ("cwd", "out"):  # tmp/ is made for the first sort that needs it
             os.makedirs(os.path.join(self.root, sub))
         self.job.write_files(self.cwd)
         os.makedirs(self.registry, exist_ok=True)
@@ -102,6 +104,7 @@ class Attempt:
 
     def sort_argv(self, *extra: str) -> list[str]:
         """`sort_argv` of this job, spilling to this attempt's tmp directory."""
+        os.makedirs(self.tmp, exist_ok=True)
         return [*sort_argv(self.job, self.tmp), *extra]
 
     def sort_env(self) -> dict[str, str]:

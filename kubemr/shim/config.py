@@ -47,6 +47,10 @@ class ShimConfig:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     poll_seconds: float = DEFAULT_POLL_SECONDS
     sort_memory: str = DEFAULT_SORT_MEMORY
+    #: Threads of each `sort` (its --parallel; None: GNU sort's default, one per CPU). Local
+    #: workers share the machine's CPUs, so each sort gets its share: threads of one sort
+    #: competing with another worker's cost CPU time for nothing.
+    sort_threads: int | None = None
     map_command: str | None = None
     combine_command: str | None = None
     reduce_command: str | None = None
@@ -119,6 +123,7 @@ def from_env(env: Mapping[str, str] | None = None, *, for_worker: bool = True) -
             0.01,
         ),
         sort_memory=env.get("KUBEMR_SORT_MEMORY") or DEFAULT_SORT_MEMORY,
+        sort_threads=_sort_threads(env, store),
         map_command=env.get("KUBEMR_MAP") or None,
         combine_command=env.get("KUBEMR_COMBINE") or None,
         reduce_command=env.get("KUBEMR_REDUCE") or None,
@@ -136,3 +141,14 @@ def from_env(env: Mapping[str, str] | None = None, *, for_worker: bool = True) -
         ),
         workers=int(_number(env, "KUBEMR_WORKERS", 0, 0)) or None,
     )
+
+
+def _sort_threads(env: Mapping[str, str], store: str) -> int | None:
+    """KUBEMR_SORT_THREADS; for local workers (a sqlite store, KUBEMR_WORKERS of them on this
+    machine), the CPUs divided among them; else None."""
+    if env.get("KUBEMR_SORT_THREADS"):
+        return int(_number(env, "KUBEMR_SORT_THREADS", 1, 1))
+    workers = int(_number(env, "KUBEMR_WORKERS", 0, 0))
+    if not store.startswith("sqlite:") or not workers:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // workers)

@@ -12,3 +12,17 @@ def test_idle_workers_of_a_local_run_poll_often() -> None:
     assert cluster.poll_seconds == DEFAULT_POLL_SECONDS
     chosen = from_env({"KUBEMR_STORE": "sqlite:///x", "KUBEMR_POLL_SECONDS": "0.5"})
     assert chosen.poll_seconds == 0.5
+
+
+def test_local_workers_share_the_cpus_among_their_sorts() -> None:
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    local = {"KUBEMR_STORE": "sqlite:///tmp/run/job.db"}
+    assert from_env({**local, "KUBEMR_WORKERS": "1"}).sort_threads == cpus
+    assert from_env({**local, "KUBEMR_WORKERS": str(cpus)}).sort_threads == 1
+    assert from_env({**local, "KUBEMR_WORKERS": str(4 * cpus)}).sort_threads == 1
+    assert from_env(local).sort_threads is None  # not knowing how many share them
+    pod = {"KUBEMR_STORE": "kube://default/wc", "KUBEMR_WORKERS": "2"}
+    assert from_env(pod).sort_threads is None  # a pod's CPUs are its own
+    assert from_env({**pod, "KUBEMR_SORT_THREADS": "3"}).sort_threads == 3
