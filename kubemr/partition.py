@@ -39,6 +39,51 @@ def sort_keys(sep: bytes, key_fields: int) -> list[str]:
     return ["-t", "\\0" if sep == b"\0" else sep.decode("latin-1"), f"-k1,{key_fields}"]
 
 
+def whole_lines_suffice(sep: bytes) -> bool:
+    """Whether sorting whole lines bytewise is worth trying for this separator.
+
+    When no byte below the separator occurs in the lines (but newlines), whole-line order
+    is exactly the order `sort_keys` gives: two keys differ first where their lines do, or
+    one key is a prefix of the other, and then the shorter key's line has the separator or
+    its end there, which is below any byte the longer key's line has there. A whole-line
+    sort is a third cheaper (GNU sort finds no fields), so a map task sorts whole lines and
+    checks its output (`LowBytes`), sorting again by key in the rare case it must. Worth it
+    for a separator below the space (a tab, \x01), which text rarely holds."""
+    return sep[0] < 0x20
+
+
+class LowBytes:
+    """Reads `source`, noting whether a byte below `sep` (but a newline) went by (`found`)."""
+
+    def __init__(self, source: IO[bytes], sep: bytes) -> None:
+        self.source = source
+        self.found = False
+        self._low = [bytes([b]) for b in range(sep[0]) if b != 0x0A]
+
+    def check(self, data: bytes) -> None:
+        if not self.found and any(data.find(b) >= 0 for b in self._low):
+            self.found = True
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self.source.read(size)
+        self.check(data)
+        return data
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def has_low_bytes(path: str, sep: bytes) -> bool:
+    """Whether the file at `path` holds a byte below `sep` (but a newline)."""
+    check = LowBytes(open(path, "rb"), sep)  # noqa: SIM115 - closed below
+    try:
+        while check.read(SORTED_CHUNK) and not check.found:
+            pass
+    finally:
+        check.close()
+    return check.found
+
+
 def key_of(line: bytes, sep: bytes, key_fields: int) -> bytes:
     """The key of one map output line (without its newline)."""
     if key_fields == 1:

@@ -144,6 +144,16 @@ class Spill:
     def close(self) -> None:
         self._file.close()
 
+    def extract(self, files: Sequence[str]) -> list[str]:
+        """Write partition p's lines to `files[p]`, for each p; the spill is removed."""
+        with open(self.path, "rb") as src:
+            for pieces, path in zip(self.pieces, files, strict=True):
+                with open(path, "wb") as dst:
+                    for offset, n in pieces:
+                        dst.write(os.pread(src.fileno(), n, offset))
+        os.unlink(self.path)
+        return list(files)
+
 
 class SpillSink:
     """One partition's way into a `Spill`."""

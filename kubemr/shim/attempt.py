@@ -26,10 +26,12 @@ from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered, shell
 from kubemr.state import Task
 
 
-def sort_argv(job: Job, tmp: str | None = None) -> list[str]:
+def sort_argv(job: Job, tmp: str | None = None, whole_lines: bool = False) -> list[str]:
     """GNU sort by key, then bytewise on whole lines (`partition.sort_keys`): how every map
-    output is sorted and every reduce input merged (run with LC_ALL=C)."""
-    keys = sort_keys(job.spec.separator.encode(), job.spec.key_fields)
+    output is sorted and every reduce input merged (run with LC_ALL=C); with `whole_lines`,
+    bytewise on whole lines only (`partition.whole_lines_suffice` says when that is the
+    same)."""
+    keys = [] if whole_lines else sort_keys(job.spec.separator.encode(), job.spec.key_fields)
     spill = ["-T", tmp] if tmp else []
     threads = job.config.sort_threads
     parallel = [f"--parallel={threads}"] if threads else []
@@ -102,10 +104,10 @@ class Attempt:
     def tmp(self) -> str:
         return os.path.join(self.root, "tmp")
 
-    def sort_argv(self, *extra: str) -> list[str]:
+    def sort_argv(self, *extra: str, whole_lines: bool = False) -> list[str]:
         """`sort_argv` of this job, spilling to this attempt's tmp directory."""
         os.makedirs(self.tmp, exist_ok=True)
-        return [*sort_argv(self.job, self.tmp), *extra]
+        return [*sort_argv(self.job, self.tmp, whole_lines), *extra]
 
     def sort_env(self) -> dict[str, str]:
         env = dict(self.job.config.base_env)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from kubemr import layout, shuffle
-from kubemr.partition import distribute_sorted
+from kubemr.partition import LowBytes, distribute_sorted, has_low_bytes, whole_lines_suffice
 from kubemr.plan import Split
 from kubemr.reporter import Counters
 from kubemr.shim.attempt import Attempt, Failure
@@ -46,6 +46,10 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     spill: shuffle.Spill | None = None  # or all of them in one file (object storage)
     storage = job.storage(workdir)
     single = shuffle.one_object(storage, workdir)
+    sep = job.spec.separator.encode()
+    # Without a combiner, sort whole lines and check them afterwards (see whole_lines_suffice).
+    whole_lines = not job.commands.combine and whole_lines_suffice(sep)
+    check: LowBytes | None = None
     ranges = local_ranges(split, job.storage)
     whole = open_whole(ranges) if ranges is not None else None
     stdin: int = subprocess.PIPE if whole is None else whole
@@ -66,25 +70,27 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
         assert mapper.popen.stdout is not None
         files = [os.path.join(att.out, f"part-{p:05d}") for p in range(partitions)]
         if partitions == 1:
-            chain = _sort_and_combine(att, env, mapper.popen.stdout, files[0])
+            chain = _sort_and_combine(att, env, mapper.popen.stdout, files[0], whole_lines)
             procs.extend(chain)
             for upstream, reader in itertools.pairwise(chain):
                 readers[id(upstream)] = reader
             mapper.popen.stdout.close()  # the sort owns the read end now
         else:
-            sorter = att.proc(
-                "sort", att.sort_argv(), att.sort_env(), mapper.popen.stdout, subprocess.PIPE
-            )
+            argv = att.sort_argv(whole_lines=whole_lines)
+            sorter = att.proc("sort", argv, att.sort_env(), mapper.popen.stdout, subprocess.PIPE)
             mapper.popen.stdout.close()
             procs.append(sorter)
             assert sorter.popen.stdout is not None
+            source: IO[bytes] = sorter.popen.stdout
+            if whole_lines:
+                source = check = LowBytes(sorter.popen.stdout, sep)  # type: ignore[assignment]
             sinks: Sequence[IO[bytes] | CombineInput | shuffle.SpillSink]
             if single and not job.commands.combine:
                 spill = shuffle.Spill(os.path.join(att.out, "spill"), partitions)
                 sinks = spill.sinks()
             else:
                 sinks = _partition_sinks(att, env, files, procs)
-            threads.append(_start_partitioner(att, sorter.popen.stdout, sinks, failure))
+            threads.append(_start_partitioner(att, source, sinks, failure))
 
     if whole is None:
         assert mapper.popen.stdin is not None
@@ -111,22 +117,37 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     if partitions == 0:
         for local, url in outputs:
             job.storage(url).put_file(local, url)
-    else:
-        codec = shuffle.codec_for(job.spec.map_output_compression, single)
-        stored = spill if spill is not None else files
-        shuffle.store(storage, workdir, att.task, att.number, stored, codec)
+        return att.log.counters
+    if whole_lines and (check.found if check is not None else has_low_bytes(files[0], sep)):
+        # Some line holds a byte below the separator: whole-line order may split a key.
+        if spill is not None:
+            files = spill.extract(files)
+            spill = None
+        _sort_by_key(att, files)
+    codec = shuffle.codec_for(job.spec.map_output_compression, single)
+    stored = spill if spill is not None else files
+    shuffle.store(storage, workdir, att.task, att.number, stored, codec)
     return att.log.counters
 
 
+def _sort_by_key(att: Attempt, files: list[str]) -> None:
+    """Sort each of `files` again, in place, by key first (`partition.sort_keys`)."""
+    for local in files:
+        proc = att.proc(
+            "sort", att.sort_argv("-o", local, local), att.sort_env(), subprocess.DEVNULL, None
+        )
+        wait_all([proc], att.watch)
+        att.check(proc, "sort")
+
+
 def _sort_and_combine(
-    att: Attempt, env: dict[str, str], source: IO[bytes] | int, local: str
+    att: Attempt, env: dict[str, str], source: IO[bytes] | int, local: str, whole_lines: bool
 ) -> list[Proc]:
     """`sort [| combine] > local`, reading `source`; returns the processes, sort first."""
     combine = att.job.commands.combine
+    argv = att.sort_argv(whole_lines=whole_lines)
     with open(local, "wb") as out:
-        sorter = att.proc(
-            "sort", att.sort_argv(), att.sort_env(), source, subprocess.PIPE if combine else out
-        )
+        sorter = att.proc("sort", argv, att.sort_env(), source, subprocess.PIPE if combine else out)
         if not combine:
             return [sorter]
         assert sorter.popen.stdout is not None

@@ -183,6 +183,34 @@ def test_equal_keys_are_adjacent_whatever_bytes_keys_hold(kubemr: Kubemr, partit
         assert got == [b"a", b"a,0", b"a,1", b"a\x01x,5", b"a b,0", b"a b,1", b"b", b"b,2"]
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
+@pytest.mark.parametrize("low", [False, True])
+def test_whole_line_sorting_gives_the_order_of_keys_or_is_redone_by_key(
+    kubemr: Kubemr, partitions: int, low: bool
+) -> None:
+    """With a tab as separator and no combiner, map outputs are sorted as whole lines, which
+    is the order of keys unless a line holds a byte below the tab: `a\x01x<TAB>5` sorts
+    between `a` and `a<TAB>1` as a whole line. Then the map task sorts again by key. Either
+    way the results are those of sorting by key, then by line (reference: GNU sort)."""
+    lines = [b"a\t1", b"a b\t1", b"a", b"b\t2", b"a\t0", b"b", b"a b\t0", b"c\tz"] * 30
+    if low:
+        lines += [b"a\x01x\t5", b"b\x02\t7"]
+    data = kubemr.tmp / "in.txt"
+    data.write_bytes(b"".join(line + b"\n" for line in lines))
+    job = kubemr.job(
+        "tabs", inputs=["./in.txt"], map="cat", reduce="cat", partitions=partitions, splitSize="1Ki"
+    )
+    proc = kubemr("run", str(job), "-o", str(kubemr.tmp / "out"))
+    assert proc.returncode == 0, proc.stderr
+    for part in sorted((kubemr.tmp / "out").glob("part-r-*")):
+        want = sh("LC_ALL=C sort -t \"$(printf '\\t')\" -k1,1", stdin=part.read_bytes())
+        assert part.read_bytes() == want, part.name
+    assert sorted(results(kubemr.tmp / "out").splitlines()) == sorted(lines)
+    if partitions == 1 and low:
+        keys = [x.split(b"\t", 1)[0] for x in results(kubemr.tmp / "out").splitlines()]
+        assert keys.index(b"a\x01x") > max(i for i, k in enumerate(keys) if k == b"a")
+
+
 @pytest.mark.parametrize(
     ("role", "partitions"),
     [("map", 0), ("map", 2), ("combine", 1), ("combine", 2), ("reduce", 1), ("reduce", 3)],

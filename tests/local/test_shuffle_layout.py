@@ -111,3 +111,30 @@ def test_on_a_local_disk_compressed_runs_give_the_same_results(kubemr: Kubemr) -
         assert {p.name for p in runs} == {f"part-0000{i}{suffix}" for i in range(3)}
         if suffix:  # zstd frames, each
             assert all(p.read_bytes()[:4] == b"\x28\xb5\x2f\xfd" for p in runs)
+
+
+@pytest.mark.s3
+def test_on_s3_a_map_output_with_bytes_below_the_separator_is_sorted_by_key(
+    kubemr: Kubemr, s3_env: str
+) -> None:
+    """A line holding a byte below the tab makes a map task sort its spilled partitions
+    again by key (see partition.whole_lines_suffice): the results match a local run's."""
+    lines = [b"a\t1", b"a\x01x\t5", b"a", b"b\x02\t7", b"a b\t0", b"c\tz", b"a\t0"] * 40
+    (kubemr.tmp / "in").mkdir()
+    data = kubemr.tmp / "in" / "low.txt"
+    data.write_bytes(b"".join(line + b"\n" for line in lines))
+    spec = job_spec([str(data)], "", map="cat", reduce="cat", splitSize="1Ki")["spec"]
+    expected = reference(kubemr, "lowref", [data], map="cat", reduce="cat", splitSize="1Ki")
+    spec["output"] = f"{s3_env}out/"
+    run_as_pods(
+        kubemr,
+        {
+            "apiVersion": "kubemr.io/v1alpha1",
+            "kind": "MapReduceJob",
+            "metadata": {"name": "low"},
+            "spec": spec,
+        },
+    )
+    stored = objects(f"{s3_env}out/")
+    assert {k: v for k, v in stored.items() if k.startswith("part-")} == expected
+    assert sum(v.count(b"\n") for k, v in expected.items()) == len(lines)
