@@ -349,13 +349,23 @@ class Spool:
 
     def prune(self, below: int) -> None:
         """Forget what was read ahead only for partitions before `below` (a claim starting
-        there takes the first tasks left to do: the others are done, or another worker's)."""
+        there takes the first tasks left to do: the others are done, or another worker's),
+        and remove files nothing refers to (a task that failed before merging what it took).
+        Called between tasks, when nothing is being read ahead."""
         with self._lock:
             gone = [url for url, kept in self._kept.items() if kept.last < below]
-            paths = [self._kept.pop(url).path for url in gone]
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            for url in gone:
+                del self._kept[url]
+            known = {kept.path for kept in self._kept.values()}
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if path not in known:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     def kept_paths(self) -> list[str]:
         with self._lock:

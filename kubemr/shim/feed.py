@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import shutil
 import tempfile
 import threading
@@ -45,6 +46,15 @@ CHUNK = 1024 * 1024
 RETRIES = 4
 PIPE_BYTES = 1024 * 1024
 SHM = "/dev/shm"
+
+
+def merge_batch() -> int:
+    """How many inputs one `sort -m` merges at once: BATCH, or fewer under a low limit of open
+    files (the merge holds one per input, this process two per feeding thread)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return BATCH
+    return max(2, min(BATCH, (soft - 64) // 3))
 
 
 class _FdWriter:
@@ -80,10 +90,10 @@ class Feed:
         storage: Callable[[str], Storage],
         segments: Sequence[Segment],
         directory: str,
-        batch: int = BATCH,
+        batch: int | None = None,
         spool: Spool | None = None,
     ) -> None:
-        self.batch = batch
+        self.batch = batch or merge_batch()
         self.failure = Failure()
         self.paths: list[str] = []
         self._storage = storage

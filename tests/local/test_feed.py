@@ -273,3 +273,19 @@ def test_the_first_task_of_a_claim_reads_ahead_for_the_others(tmp_path: Path) ->
     small.clear()
     assert run(0, small) == ref[0] and run(1, small) == ref[1]
     assert len(storage.reads) == reads + 12 * 4 and os.listdir(small.directory) == []
+
+
+def test_a_low_limit_of_open_files_makes_smaller_merge_batches() -> None:
+    """GNU sort refuses a --batch-size beyond what the limit of open files allows."""
+    import sys
+
+    code = (
+        "import resource; from kubemr.shim.feed import merge_batch, BATCH; "
+        "print(merge_batch(), BATCH); "
+        "h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (100, h)); print(merge_batch())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    first, low = out.decode().splitlines()
+    batch, most = map(int, first.split())
+    assert batch <= most and int(low) == (100 - 64) // 3

@@ -83,9 +83,11 @@ def test_the_spool_hands_out_what_it_keeps_and_forgets_what_a_claim_passed(
     last = spool.take("s3://b/m0", 1040, 1100, 3)
     assert last is not None and last.last_of_spool  # the feed removes the file after its merge
     assert spool.take("s3://b/m0", 1040, 1100, 3) is None  # handed out once
+    orphan = spool.path("s3://b/m2", 1)  # taken by a task that failed before its merge
+    Path(orphan).write_bytes(b"x")
     spool.prune(7)  # a claim starting at 7: what was kept for partitions up to 6 goes
     assert spool.take("s3://b/m1", 1000, 1010, 4) is None
-    assert not os.path.exists(spool.path("s3://b/m1", 1))
+    assert not os.path.exists(spool.path("s3://b/m1", 1)) and not os.path.exists(orphan)
     assert spool.path("s3://b/m0", 2) != spool.path("s3://b/m1", 2) != spool.path("s3://b/m1", 3)
 
 
