@@ -182,10 +182,10 @@ def store(
     be consumed, or a Spill on object storage), in the layout of `storage` (see the module
     docstring)."""
     if isinstance(files, Spill):
-        _pack_spill(files, codec)
-        storage.put_file(_packed(files.path), layout.map_output(workdir, task, attempt))
-        return
-    if not one_object(storage, workdir):
+        parts = [(files.path, pieces) for pieces in files.pieces]
+    elif one_object(storage, workdir):
+        parts = [(local, [(0, os.path.getsize(local))]) for local in files]
+    else:
         for p, local in enumerate(files):
             if codec == ZSTD:
                 packed = local + ".zst"
@@ -196,65 +196,48 @@ def store(
             url = layout.map_run(workdir, task, attempt, p, codec)
             storage.put_file(local, url)
         return
-    packed = os.path.join(os.path.dirname(files[0]), "map.out")
-    with open(packed, "wb") as dst:
-        dst.seek(index_size(len(files)))
-        ends, sizes = [], []
-        for local in files:
-            with open(local, "rb") as src:
-                if codec == ZSTD:
-                    read, _ = zstandard.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(src, dst)
-                    sizes.append(read)
-                else:
-                    sizes.append(_copy(src.fileno(), dst.fileno()))
-            os.unlink(local)
-            ends.append(dst.tell())
-        dst.seek(0)
-        dst.write(Index(codec, tuple(ends), tuple(sizes)).encode())
+    packed = os.path.join(os.path.dirname(parts[0][0]), "map.out")
+    _pack(parts, packed, codec)
+    for local in {local for local, _ in parts}:
+        os.unlink(local)
     storage.put_file(packed, layout.map_output(workdir, task, attempt))
 
 
-def _packed(path: str) -> str:
-    return os.path.join(os.path.dirname(path), "map.out")
-
-
-def _pack_spill(spill: Spill, codec: str) -> None:
-    """Write the object of a Spill beside it: the index, then each partition's pieces."""
+def _pack(parts: Sequence[tuple[str, Sequence[tuple[int, int]]]], packed: str, codec: str) -> None:
+    """Write the object `packed`: the index, then each partition's bytes, which are the pieces
+    (offset, length) of the file named with them, `COPY_CHUNK` at a time."""
     ends, sizes = [], []
-    with open(spill.path, "rb") as src, open(_packed(spill.path), "wb", buffering=0) as dst:
+    with open(packed, "wb", buffering=0) as dst:
         out = dst.fileno()
-        os.lseek(out, index_size(spill.partitions), os.SEEK_SET)
-        for pieces in spill.pieces:
+        os.lseek(out, index_size(len(parts)), os.SEEK_SET)
+        for path, pieces in parts:
             sizes.append(sum(n for _, n in pieces))
+            frame = None
             if codec == ZSTD:
                 frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
-                for offset, n in pieces:
-                    _write_all(out, frame.compress(os.pread(src.fileno(), n, offset)))
-                _write_all(out, frame.flush())
-            else:
+            with open(path, "rb") as f:
+                src = f.fileno()
                 for offset, n in pieces:
                     while n:
-                        copied = os.copy_file_range(src.fileno(), out, n, offset)
+                        if frame is not None:
+                            data = os.pread(src, min(n, COPY_CHUNK), offset)
+                            _write_all(out, frame.compress(data))
+                            copied = len(data)
+                        else:
+                            copied = os.copy_file_range(src, out, min(n, COPY_CHUNK), offset)
                         if not copied:
-                            raise OSError(f"{spill.path} is shorter than what was written to it")
+                            raise OSError(f"{path} is shorter than what was written to it")
                         offset, n = offset + copied, n - copied
+            if frame is not None:
+                _write_all(out, frame.flush())
             ends.append(os.lseek(out, 0, os.SEEK_CUR))
         os.pwrite(out, Index(codec, tuple(ends), tuple(sizes)).encode(), 0)
-    os.unlink(spill.path)
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _copy(src: int, dst: int) -> int:
-    """Append all of file `src` at the position of file `dst`, in the kernel; the bytes copied."""
-    total = 0
-    while n := os.copy_file_range(src, dst, COPY_CHUNK):
-        total += n
-    return total
 
 
 @dataclass(frozen=True)
@@ -333,13 +316,12 @@ class Spool:
             kept = self._kept.get(url)
             if kept is None or not kept.start <= start <= end <= kept.end:
                 return None
-            if partition >= kept.last:
+            last = partition >= kept.last
+            if last:
                 del self._kept[url]
         local = "file://" + kept.path
         offset = start - kept.start
-        return Segment(
-            local, NONE, offset, offset + end - start, last_of_spool=partition >= kept.last
-        )
+        return Segment(local, NONE, offset, offset + end - start, last_of_spool=last)
 
     def clear(self) -> None:
         with self._lock:
@@ -366,10 +348,6 @@ class Spool:
             if path not in known:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-
-    def kept_paths(self) -> list[str]:
-        with self._lock:
-            return [kept.path for kept in self._kept.values()]
 
     def per_map(self, maps: int, claimed: bool) -> int:
         """How many bytes beyond its own segment a task may read ahead from one map output,

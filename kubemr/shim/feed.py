@@ -2,8 +2,9 @@
 
 A reduce task merges one sorted segment of every map task with one `sort -m`. Segments that
 are plain local files are named to it as they are. Each of the others (a range of an object
-in S3, a compressed file) gets a FIFO in the attempt's scratch directory, which a thread
-fills with the segment's bytes, decompressed, as the merge reads them.
+in S3, a compressed file, a range of what was read ahead into the spool) gets a FIFO, in
+/dev/shm when there is one, which a thread fills with the segment's bytes, decompressed, as
+the merge reads them.
 
 GNU sort merges at most `--batch-size` inputs at once, opening them in the order it was given
 them, each batch whole before it reads any, and merging batch after batch into temporary
