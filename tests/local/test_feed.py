@@ -289,3 +289,21 @@ def test_a_low_limit_of_open_files_makes_smaller_merge_batches() -> None:
     first, low = out.decode().splitlines()
     batch, most = map(int, first.split())
     assert batch <= most and int(low) == (100 - 64) // 3
+
+
+def test_without_dev_shm_the_fifos_go_into_the_attempts_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where /dev/shm is missing (feed.SHM stands in for it, pointed at nothing), the FIFOs
+    are made under the directory the reduce task gives, and removed with the feed."""
+    from kubemr.shim import feed as feed_module
+
+    monkeypatch.setattr(feed_module, "SHM", str(tmp_path / "no-shm"))
+    storage = Objects()
+    workdir, ref = map_outputs(tmp_path, storage, maps=5, partitions=1, codec="zstd")
+    segments = locate(storage, workdir, 5, 0, 1, shuffle.IndexCache())
+    feed = Feed(lambda url: storage, segments, str(tmp_path / "runs"), 8)
+    assert all(p.startswith(str(tmp_path / "runs")) for p in feed.paths)
+    assert merged(feed, tmp_path) == ref[0]
+    feed.failure.raise_if_any()
+    assert os.listdir(tmp_path / "runs") == []

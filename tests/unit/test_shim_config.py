@@ -26,3 +26,14 @@ def test_local_workers_share_the_cpus_among_their_sorts() -> None:
     pod = {"KUBEMR_STORE": "kube://default/wc", "KUBEMR_WORKERS": "2"}
     assert from_env(pod).sort_threads is None  # a pod's CPUs are its own
     assert from_env({**pod, "KUBEMR_SORT_THREADS": "3"}).sort_threads == 3
+
+
+def test_each_sort_runs_with_the_threads_the_config_gives_it() -> None:
+    from kubemr.shim.attempt import sort_argv
+    from kubemr.shim.job import Job
+
+    doc = {"metadata": {"name": "wc"}, "spec": {"inputs": ["opaque:x"], "map": "cat"}}
+    shared = from_env({"KUBEMR_STORE": "sqlite:///x", "KUBEMR_SORT_THREADS": "3"})
+    assert "--parallel=3" in sort_argv(Job.from_doc(doc, shared))
+    own = from_env({"KUBEMR_STORE": "kube://default/wc"})
+    assert not [a for a in sort_argv(Job.from_doc(doc, own)) if a.startswith("--parallel")]
