@@ -92,8 +92,19 @@ def test_killed_and_frozen_workers_lose_nothing_and_commit_nothing_twice(
             st = state.current_stage(kube.get_job(namespace, name))
             return st is not None and st.name == "map" and worker in dict(st.running())
 
-        wait_until("w0 and w1 to hold map tasks", lambda: holding("w0") and holding("w1"), 60)
+        def wait_holding(worker: str) -> None:
+            try:
+                wait_until(f"{worker} to hold map tasks", lambda: holding(worker), 60)
+            except AssertionError as exc:
+                logs = {p.name: p.read_text()[-2000:] for p in sorted(tmp_path.glob("w*.log"))}
+                status = kube.get_job(namespace, name).get("status", {})
+                raise AssertionError(f"{exc}; phase {status.get('phase')}; logs {logs}") from None
+
+        # Each is caught while it holds a claim; one at a time, since a claim of 32 tasks
+        # lasts under 2 s and the map stage about 10 s.
+        wait_holding("w0")
         procs[0].send_signal(signal.SIGKILL)
+        wait_holding("w1")
         procs[1].send_signal(signal.SIGSTOP)
         time.sleep(10)  # well past the 4 s lease: the others take both claims over
         procs[1].send_signal(signal.SIGCONT)
