@@ -8,11 +8,12 @@ reduce tasks, the way kubemr does it now and the way it did before.
 
 M map tasks' sorted outputs (`--mib` in all, whatever the number of partitions P) are made
 once per P on the local disk and then, for each way, stored in a fresh prefix of a bucket by
-`--workers` threads (the write side), and merged by `--workers` threads, one reduce task at a
-time, each taking claims of consecutive partitions as workers do (`state.batch_size`, at most
-64 a claim): every partition's segments streamed into `sort -m` (GNU sort, as a reduce task
-runs it) and counted by `wc -c` (the read side). Every way's merged bytes are checked against
-the others (their SHA-256 over all partitions).
+`--workers` processes (the write side), and merged by `--workers` processes (processes, as
+workers are: threads would share one interpreter lock), one reduce task at a time, each
+taking claims of consecutive partitions as workers do (`state.batch_size`, at most 64 a
+claim): every partition's segments streamed into `sort -m` (GNU sort, as a reduce task runs
+it; `sort` when the feed concatenates them) and hashed (the read side). Every way's merged
+bytes are checked against the others (their SHA-256 over all partitions).
 
 Ways:
 
@@ -25,8 +26,8 @@ Ways:
 
 Columns: objects written; requests on the write side (PUTs, multipart parts included) per map
 task; requests on the read side (GETs of indexes and ranges) per reduce task; bytes stored;
-wall time of each side; CPU seconds (this process's threads plus sort and wc, and MinIO's
-own when its pid is known from hack/devcluster). Data: `text` is word-count-like lines
+wall time of each side; CPU seconds (these processes, sort and wc, and MinIO's own when its
+pid is known from hack/devcluster). Data: `text` is word-count-like lines
 (`word<TAB>1`, 60,000 distinct words, Zipf-distributed), `random` is lines of random bytes,
 which no codec compresses.
 """
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -49,7 +51,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,59 +197,87 @@ def merge(paths: list[str], scratch: str, feed: Feed | None = None) -> tuple[int
     return size, digest.digest()
 
 
-def write_side(
-    way: str, storage: S3Storage, workdir: str, files: list[list[str]], workers: int, copies: str
+_process: dict[str, Any] = {}
+
+
+def _start_process() -> None:
+    """A writer's or reducer's own S3 client, its requests counted."""
+    storage = S3Storage()
+    counter = Counter()
+    storage.client.meta.events.register("before-send.s3", counter)
+    _process.update(storage=storage, counter=counter)
+
+
+def _store(way: str, workdir: str, parts: list[str], copies: str, m: int) -> int:
+    """What a map attempt does once its partitioner has written its sorted lines: P local
+    files before, one spill file now (shuffle.Spill); the requests it made."""
+    storage: S3Storage = _process["storage"]
+    task = Task("map", m)
+    local = os.path.join(copies, f"{m:05d}")
+    os.makedirs(local, exist_ok=True)
+    if way == "before":
+        for p, src in enumerate(parts):
+            dst = os.path.join(local, f"part-{p:05d}")
+            shutil.copyfile(src, dst)
+            storage.put_file(dst, layout.map_run(workdir, task, 1, p))
+    else:
+        # As the partitioner does, from the sorted lines in memory.
+        data = Path(parts[0]).with_name("all").read_bytes()
+        spill = shuffle.Spill(os.path.join(local, "spill"), len(parts))
+        start = 0
+        for sink, path in zip(spill.sinks(), parts, strict=True):
+            size = os.path.getsize(path)
+            sink.write(data[start : start + size])
+            start += size
+        spill.close()
+        shuffle.store(storage, workdir, task, 1, spill, way)
+    shutil.rmtree(local)
+    return sum(_process["counter"].take().values())
+
+
+def write_side(way: str, workdir: str, files: list[list[str]], workers: int, copies: str) -> int:
+    """Store every map output, `workers` processes at a time; the requests made."""
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=fork, initializer=_start_process) as pool:
+        jobs = [pool.submit(_store, way, workdir, files[m], copies, m) for m in range(len(files))]
+        return sum(job.result() for job in jobs)
+
+
+@dataclass
+class Reduced:
+    """What one reducer process did: each partition's (bytes, digest), its requests."""
+
+    results: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    requests: int = 0
+    range_bytes: int = 0
+    error: str = ""
+
+
+def _reducer(
+    w: int,
+    way: str,
+    workdir: str,
+    maps: int,
+    partitions: int,
+    tmp: str,
+    todo: Any,
+    done: Any,
 ) -> None:
-    sizes = [[os.path.getsize(f) for f in parts] for parts in files]
-
-    def store(m: int) -> None:
-        """What a map attempt does once its partitioner has written its sorted lines: P
-        local files before, one spill file now (shuffle.Spill)."""
-        task = Task("map", m)
-        local = os.path.join(copies, f"{m:05d}")
-        os.makedirs(local, exist_ok=True)
-        if way == "before":
-            for p, src in enumerate(files[m]):
-                dst = os.path.join(local, f"part-{p:05d}")
-                shutil.copyfile(src, dst)
-                storage.put_file(dst, layout.map_run(workdir, task, 1, p))
-        else:
-            # As the partitioner does, from the sorted lines in memory.
-            data = Path(files[m][0]).with_name("all").read_bytes()
-            spill = shuffle.Spill(os.path.join(local, "spill"), len(files[m]))
-            start = 0
-            for sink, size in zip(spill.sinks(), sizes[m], strict=True):
-                sink.write(data[start : start + size])
-                start += size
-            spill.close()
-            shuffle.store(storage, workdir, task, 1, spill, way)
-        shutil.rmtree(local)
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(store, range(len(files))))
-
-
-def read_side(
-    way: str, storage: S3Storage, workdir: str, maps: int, partitions: int, workers: int, tmp: str
-) -> tuple[int, bytes]:
-    """Run every reduce task's merge; (bytes merged, a digest over all partitions)."""
-    queue = list(claims(partitions, workers))
-    lock = threading.Lock()
-    results: dict[int, tuple[int, bytes]] = {}
+    """One worker's reduce tasks, claim after claim from `todo`; a `Reduced` to `done`."""
+    _start_process()
+    storage: S3Storage = _process["storage"]
+    out = Reduced()
     attempts = [1] * maps
 
     def storage_of(url: str) -> Storage:
         return storage if url.startswith("s3://") else storage_for(url)
 
-    def worker(w: int) -> None:
+    try:
         cache = shuffle.IndexCache()
         spool = shuffle.Spool(os.path.join(tmp, f"spool-{w}"))
         spool.clear()
-        while True:
-            with lock:
-                if not queue:
-                    return
-                a, b = queue.pop(0)
+        while (claim := todo.get()) is not None:
+            a, b = claim
             spool.prune(a)  # as a worker does when its claim starts
             for p in range(a, b):
                 scratch = os.path.join(tmp, f"w{w}-p{p}")
@@ -262,26 +292,53 @@ def read_side(
 
                     with ThreadPoolExecutor(FETCH_THREADS) as pool:
                         list(pool.map(fetch, range(maps)))
-                    results[p] = merge(paths, scratch)
+                    out.results[p] = merge(paths, scratch)
                 else:
                     segments = shuffle.locate(
                         storage, workdir, attempts, p, partitions, way, cache, spool=spool, upto=b
                     )
                     feed = Feed(storage_of, segments, os.path.join(scratch, "fifos"), spool=spool)
-                    results[p] = merge([], scratch, feed)
+                    out.results[p] = merge([], scratch, feed)
                 shutil.rmtree(scratch)
+    except Exception as exc:  # reported by the parent
+        out.error = f"reducer {w}: {exc!r}"
+    counter: Counter = _process["counter"]
+    out.requests = sum(counter.take().values())
+    out.range_bytes = counter.range_bytes
+    done.put(out)
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+
+def read_side(
+    way: str, workdir: str, maps: int, partitions: int, workers: int, tmp: str
+) -> tuple[int, bytes, int, int]:
+    """Run every reduce task's merge in `workers` processes; (bytes merged, a digest over all
+    partitions, requests made, bytes asked for in ranges)."""
+    fork = multiprocessing.get_context("fork")
+    todo, done = fork.Queue(), fork.Queue()
+    for claim in claims(partitions, workers):
+        todo.put(claim)
+    for _ in range(workers):
+        todo.put(None)
+    procs = [
+        fork.Process(target=_reducer, args=(w, way, workdir, maps, partitions, tmp, todo, done))
+        for w in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    outs: list[Reduced] = [done.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    errors = [o.error for o in outs if o.error]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    results = {p: r for o in outs for p, r in o.results.items()}
     if len(results) != partitions:
-        raise RuntimeError("a reduce task failed; see above")
+        raise RuntimeError("a reduce task was not run")
     digest = hashlib.sha256()
     for p in range(partitions):
         digest.update(results[p][1])
-    return sum(size for size, _ in results.values()), digest.digest()
+    merged = sum(size for size, _ in results.values())
+    return merged, digest.digest(), sum(o.requests for o in outs), sum(o.range_bytes for o in outs)
 
 
 def minio_pid() -> int | None:
@@ -310,7 +367,6 @@ def cpu_now() -> float:
 def run_way(
     way: str,
     storage: S3Storage,
-    counter: Counter,
     bucket: str,
     files: list[list[str]],
     partitions: int,
@@ -320,24 +376,19 @@ def run_way(
     workdir = f"s3://{bucket}/bench-{uuid.uuid4().hex[:8]}/"
     figures = Figures(way, partitions)
     pid = minio_pid()
-    counter.take()
     cpu0, minio0, t0 = cpu_now(), proc_cpu(pid), time.perf_counter()
-    write_side(way, storage, workdir, files, workers, os.path.join(tmp, "copies"))
+    figures.write_requests = write_side(way, workdir, files, workers, os.path.join(tmp, "copies"))
     t1 = time.perf_counter()
-    wrote = counter.take()
-    counter.range_bytes = 0
-    merged, digest = read_side(way, storage, workdir, len(files), partitions, workers, tmp)
+    merged, digest, figures.read_requests, figures.read_bytes = read_side(
+        way, workdir, len(files), partitions, workers, tmp
+    )
     t2 = time.perf_counter()
-    read = counter.take()
     figures.write_s, figures.read_s = t1 - t0, t2 - t1
     figures.cpu_s = cpu_now() - cpu0
     figures.minio_cpu_s = proc_cpu(pid) - minio0
-    figures.write_requests = sum(wrote.values())
-    figures.read_requests = sum(read.values())
     listed = storage.list(workdir)
     figures.objects = len(listed)
     figures.stored_bytes = sum(item.size for item in listed)
-    figures.read_bytes = counter.range_bytes
     figures.digest = f"{merged}:{digest.hex()[:16]}"
     storage.delete_prefix(workdir)
     return figures
@@ -392,8 +443,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ways = args.ways.split(",")
     storage = S3Storage()
-    counter = Counter()
-    storage.client.meta.events.register("before-send.s3", counter)
     try:
         storage.client.create_bucket(Bucket=args.bucket)
     except storage.client.exceptions.BucketAlreadyOwnedByYou:
@@ -407,9 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             for way in ways:
                 with tempfile.TemporaryDirectory(prefix="kubemr-shuffle-") as tmp:
                     runs[way].append(
-                        run_way(
-                            way, storage, counter, args.bucket, files, partitions, args.workers, tmp
-                        )
+                        run_way(way, storage, args.bucket, files, partitions, args.workers, tmp)
                     )
                 print(f"P={partitions} {way}: {runs[way][-1]}", file=sys.stderr)
         digests = {run.digest for way in ways for run in runs[way]}

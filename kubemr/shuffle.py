@@ -184,7 +184,8 @@ def store(
     if isinstance(files, Spill):
         parts = [(files.path, pieces) for pieces in files.pieces]
     elif one_object(storage, workdir):
-        parts = [(local, [(0, os.path.getsize(local))]) for local in files]
+        sizes = [os.path.getsize(local) for local in files]
+        parts = [(local, [(0, n)] if n else []) for local, n in zip(files, sizes, strict=True)]
     else:
         for p, local in enumerate(files):
             if codec == ZSTD:
@@ -205,33 +206,77 @@ def store(
 
 def _pack(parts: Sequence[tuple[str, Sequence[tuple[int, int]]]], packed: str, codec: str) -> None:
     """Write the object `packed`: the index, then each partition's bytes, which are the pieces
-    (offset, length) of the file named with them, `COPY_CHUNK` at a time."""
+    (offset, length) of the file named with them, `COPY_CHUNK` at a time. Each file is opened
+    once and one compressor serves every partition (with many partitions, opening a file or
+    making a compressor per partition cost more than compressing the bytes)."""
     ends, sizes = [], []
-    with open(packed, "wb", buffering=0) as dst:
-        out = dst.fileno()
-        os.lseek(out, index_size(len(parts)), os.SEEK_SET)
-        for path, pieces in parts:
-            sizes.append(sum(n for _, n in pieces))
-            frame = None
-            if codec == ZSTD:
-                frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
-            with open(path, "rb") as f:
-                src = f.fileno()
-                for offset, n in pieces:
-                    while n:
-                        if frame is not None:
-                            data = os.pread(src, min(n, COPY_CHUNK), offset)
-                            _write_all(out, frame.compress(data))
-                            copied = len(data)
-                        else:
-                            copied = os.copy_file_range(src, out, min(n, COPY_CHUNK), offset)
-                        if not copied:
-                            raise OSError(f"{path} is shorter than what was written to it")
-                        offset, n = offset + copied, n - copied
-            if frame is not None:
-                _write_all(out, frame.flush())
-            ends.append(os.lseek(out, 0, os.SEEK_CUR))
-        os.pwrite(out, Index(codec, tuple(ends), tuple(sizes)).encode(), 0)
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if codec == ZSTD else None
+    sources: dict[str, int] = {}
+    try:
+        with open(packed, "wb", buffering=0) as dst:
+            out = _PackedFile(dst.fileno(), index_size(len(parts)))
+            for path, pieces in parts:
+                sizes.append(sum(n for _, n in pieces))
+                if not pieces:  # an empty partition: an empty segment, not an empty frame
+                    ends.append(out.pos)
+                    continue
+                src = sources.get(path)
+                if src is None:
+                    src = sources[path] = os.open(path, os.O_RDONLY)
+                if cctx is not None and len(pieces) == 1 and pieces[0][1] <= COPY_CHUNK:
+                    offset, n = pieces[0]  # the usual case: one frame at once
+                    data = os.pread(src, n, offset)
+                    if len(data) != n:
+                        raise OSError(f"{path} is shorter than what was written to it")
+                    out.write(cctx.compress(data))
+                else:
+                    frame = cctx.compressobj() if cctx is not None else None
+                    for offset, n in pieces:
+                        while n:
+                            if frame is not None:
+                                data = os.pread(src, min(n, COPY_CHUNK), offset)
+                                out.write(frame.compress(data))
+                                copied = len(data)
+                            else:
+                                copied = out.copy_from(src, min(n, COPY_CHUNK), offset)
+                            if not copied:
+                                raise OSError(f"{path} is shorter than what was written to it")
+                            offset, n = offset + copied, n - copied
+                    if frame is not None:
+                        out.write(frame.flush())
+                ends.append(out.pos)
+            out.flush()
+            os.pwrite(dst.fileno(), Index(codec, tuple(ends), tuple(sizes)).encode(), 0)
+    finally:
+        for fd in sources.values():
+            os.close(fd)
+
+
+class _PackedFile:
+    """The file a map output is packed into, written from byte `pos` on: small writes are
+    gathered and written 1 MiB at a time, copies go from file to file in the kernel."""
+
+    def __init__(self, fd: int, pos: int) -> None:
+        self.fd = fd
+        self.pos = pos
+        self._pending = bytearray()
+        os.lseek(fd, pos, os.SEEK_SET)
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+        self.pos += len(data)
+        if len(self._pending) >= 1 << 20:
+            self.flush()
+
+    def copy_from(self, src: int, n: int, offset: int) -> int:
+        self.flush()
+        copied = os.copy_file_range(src, self.fd, n, offset)
+        self.pos += copied
+        return copied
+
+    def flush(self) -> None:
+        _write_all(self.fd, bytes(self._pending))
+        self._pending.clear()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -366,12 +411,18 @@ class IndexCache:
         self._entries: OrderedDict[str, Index] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, storage: Storage, url: str, partitions: int) -> Index:
+    def peek(self, url: str) -> Index | None:
+        """The index of `url` if it is cached."""
         with self._lock:
             found = self._entries.get(url)
             if found is not None:
                 self._entries.move_to_end(url)
-                return found
+            return found
+
+    def get(self, storage: Storage, url: str, partitions: int) -> Index:
+        found = self.peek(url)
+        if found is not None:
+            return found
         with storage.open_read(url, 0, index_size(partitions)) as f:
             index = Index.decode(f.read(), partitions, url)
         with self._lock:
@@ -396,12 +447,13 @@ def locate(
     spool: Spool | None = None,
     upto: int = 0,
 ) -> list[Segment]:
-    """The non-empty segments of `partition` in every committed map attempt, in map task
-    order (`map_attempts[i]`: the committed attempt of map task i). On object storage this
-    reads the indexes (from `cache` when it has them; `check` runs before each read, so that
-    a stopped task stops), and, with a `spool`, takes segments read ahead into it, or reads
-    ahead the segments of the partitions after it: those before `upto` (the rest of the
-    worker's claim), and a few more (see `Spool`)."""
+    """The segments of `partition` in every committed map attempt, in map task order
+    (`map_attempts[i]`: the committed attempt of map task i), empty ones left out unless they
+    read ahead or end a spool file. On object storage this reads the indexes (from `cache`
+    when it has them; `check` runs before each read, so that a stopped task stops), and, with
+    a `spool`, takes segments read ahead into it, or reads ahead the segments of the
+    partitions after it: those before `upto` (the rest of the worker's claim), and a few more
+    (see `Spool`)."""
     tasks = [Task("map", i) for i in range(len(map_attempts))]
     if not one_object(storage, workdir):
         found = []
@@ -413,19 +465,29 @@ def locate(
     claimed = spool.per_map(len(tasks), True) if spool is not None else 0
     beyond = spool.per_map(len(tasks), False) if spool is not None else 0
 
-    def read(i: int) -> Segment | None:
+    urls = [layout.map_output(workdir, t, a) for t, a in zip(tasks, map_attempts, strict=True)]
+    indexes = [cache.peek(url) for url in urls]
+    missing = [i for i, index in enumerate(indexes) if index is None]
+
+    def fetch(i: int) -> None:
         check()
-        url = layout.map_output(workdir, tasks[i], map_attempts[i])
-        index = cache.get(storage, url, partitions)
+        indexes[i] = cache.get(storage, urls[i], partitions)
+
+    if missing:  # the first task of a worker: read them, several at a time
+        with ThreadPoolExecutor(min(INDEX_THREADS, len(missing))) as pool:
+            list(pool.map(fetch, missing))
+
+    def segment(i: int) -> Segment | None:
+        url, index = urls[i], indexes[i]
+        assert index is not None
         start, end = index.segment(partition)
-        if end == start:
-            return None
         size = index.sizes[partition]
         if spool is None:
-            return Segment(url, index.codec, start, end, size)
+            return Segment(url, index.codec, start, end, size) if end > start else None
         kept = spool.take(url, start, end, partition)
-        if kept is not None:
-            return dataclasses.replace(kept, codec=index.codec, size=size)
+        if kept is not None:  # an empty one too if it is the last: its file is removed then
+            keep = end > start or kept.last_of_spool
+            return dataclasses.replace(kept, codec=index.codec, size=size) if keep else None
         last, upto_byte = partition, end
         for q in range(partition + 1, partitions):
             q_end = index.segment(q)[1]
@@ -433,7 +495,9 @@ def locate(
                 break
             last, upto_byte = q, q_end
         ahead = Ahead(upto_byte, last, spool.path(url, partition)) if upto_byte > end else None
+        if end == start and ahead is None:
+            return None
         return Segment(url, index.codec, start, end, size, ahead=ahead)
 
-    with ThreadPoolExecutor(INDEX_THREADS) as pool:
-        return [seg for seg in pool.map(read, range(len(tasks))) if seg is not None]
+    check()
+    return [seg for seg in map(segment, range(len(tasks))) if seg is not None]

@@ -13,6 +13,13 @@ FIFOs in that order: every FIFO of the batch being merged has a writer, and a wr
 for a later batch blocks in open(), not in write(). Nothing can deadlock, and at most a batch
 of streams is open at a time, however many map tasks there are.
 
+When the streamed segments are small (many partitions: a few KiB each), a FIFO and a thread
+apiece would cost more than the bytes: the feed then concatenates them into one FIFO instead,
+each segment fetched whole (by a few threads at once, in any order) and written in one piece,
+and the reduce task sorts its input rather than merging it (`merged` is False). That gives
+the same bytes: the order sorts by (key, then the whole line bytewise) is total, so lines
+that compare equal are the same bytes, and any arrangement of them sorts to one result.
+
 A dropped connection is resumed where it broke (a new ranged GET from the next byte; the
 decompressor goes on where it was), up to `RETRIES` times. A segment that cannot be read,
 or that decodes to another size than its index says, fails the attempt: the merge is killed
@@ -43,6 +50,13 @@ from kubemr.storage.base import Storage
 
 BATCH = 256
 """Inputs `sort -m` merges at once (its --batch-size), and so the threads streaming them."""
+SMALL_SEGMENTS = 32 * 1024
+"""Mean decoded size of the streamed segments at or below which they are concatenated and
+sorted (bench/shuffle.py: a FIFO and its thread cost about what sorting 20 KiB does)."""
+LARGEST_CONCATENATED = 1024 * 1024
+"""No segment larger than this is concatenated (each is held whole while it waits its turn)."""
+CONCAT_THREADS = 16
+"""Segments fetched at once when they are concatenated."""
 CHUNK = 1024 * 1024
 RETRIES = 4
 PIPE_BYTES = 1024 * 1024
@@ -82,9 +96,45 @@ class _FdWriter:
             self.fd = -1
 
 
+class _Buffer:
+    """A segment's decoded bytes, held whole until they can be written into the shared FIFO;
+    writing to it raises BrokenPipeError once the feed stops (nobody will read them)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.parts: list[bytes] = []
+        self.written = 0
+        self._stop = stop
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        if self._stop.is_set():
+            raise BrokenPipeError(errno.EPIPE, "the feed stopped")
+        self.parts.append(bytes(data))
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def concatenates(segments: Sequence[Segment]) -> bool:
+    """Whether these streamed segments go into one FIFO, to be sorted (see the module's
+    docstring): more than one, every size known, none large, small on average."""
+    sizes = [seg.size for seg in segments]
+    return (
+        len(sizes) > 1
+        and min(sizes) >= 0
+        and max(sizes) <= LARGEST_CONCATENATED
+        and sum(sizes) <= SMALL_SEGMENTS * len(sizes)
+    )
+
+
 class Feed:
-    """The merge inputs of one reduce attempt: `paths`, in order, for `sort -m`; call `start`
-    once the merge runs, `close` once it has ended (or failed), then `failure.raise_if_any`."""
+    """The inputs of one reduce attempt: `paths`, in order, for `sort -m` when `merged`, else
+    for `sort`; call `start` once the merge runs, `close` once it has ended (or failed), then
+    `failure.raise_if_any`."""
 
     def __init__(
         self,
@@ -93,7 +143,10 @@ class Feed:
         directory: str,
         batch: int | None = None,
         spool: Spool | None = None,
+        concatenate: bool | None = None,
     ) -> None:
+        """`concatenate`: whether the streamed segments go into one FIFO, to be sorted; None
+        (as reduce tasks do): when `concatenates` says so."""
         self.batch = batch or merge_batch()
         self.failure = Failure()
         self.paths: list[str] = []
@@ -102,19 +155,26 @@ class Feed:
         self._streams: list[tuple[str, Segment]] = []
         self._spent = [seg.url.removeprefix("file://") for seg in segments if seg.last_of_spool]
         self._fifos: str | None = None
+        streamed = [seg for seg in segments if seg.path is None]
+        #: Whether the inputs are sorted runs for `sort -m`, or must be sorted (concatenated).
+        self.merged = not (concatenates(streamed) if concatenate is None else concatenate)
         for i, seg in enumerate(segments):
             if seg.path is not None:
                 self.paths.append(seg.path)
                 continue
             if self._fifos is None:
                 self._fifos = _fifo_directory(directory)
-            fifo = os.path.join(self._fifos, f"{i:06d}")
-            os.mkfifo(fifo, 0o600)
-            self.paths.append(fifo)
+            fifo = os.path.join(self._fifos, f"{i if self.merged else 0:06d}")
+            if self.merged or not self._streams:
+                os.mkfifo(fifo, 0o600)
+                self.paths.append(fifo)
             self._streams.append((fifo, seg))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pending = {fifo for fifo, _ in self._streams}  # not yet done by their writer
+        self._out: _FdWriter | None = None  # the one FIFO, when concatenating
+        self._left = len(self._streams)  # segments not yet done, when concatenating
+        self._out_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._on_failure: Callable[[], None] = lambda: None
 
@@ -124,9 +184,24 @@ class Feed:
         self._on_failure = on_failure
         if not self._streams:
             return
-        self._pool = ThreadPoolExecutor(min(self.batch, len(self._streams)), "feed")
-        for fifo, seg in self._streams:
-            self._pool.submit(self._send, fifo, seg)
+        if self.merged:
+            self._pool = ThreadPoolExecutor(min(self.batch, len(self._streams)), "feed")
+            for fifo, seg in self._streams:
+                self._pool.submit(self._send, fifo, seg)
+            return
+        # Concatenating: reads of local files (the spool) have no waits that threads would
+        # overlap, so one thread does them all; remote ones are spread over a few more.
+        remote = [(f, seg) for f, seg in self._streams if _remote(seg)]
+        local = [(f, seg) for f, seg in self._streams if not _remote(seg)]
+        self._pool = ThreadPoolExecutor(min(CONCAT_THREADS, 1 + len(remote)), "feed")
+        if local:
+            self._pool.submit(self._send_pieces, local)
+        for fifo, seg in remote:
+            self._pool.submit(self._send_piece, fifo, seg)
+
+    def _send_pieces(self, streams: Sequence[tuple[str, Segment]]) -> None:
+        for fifo, seg in streams:
+            self._send_piece(fifo, seg)
 
     def close(self) -> None:
         """Stop every writer and wait for them: those waiting for a reader are released by
@@ -174,11 +249,95 @@ class Feed:
             with self._lock:
                 self._pending.discard(fifo)
 
+    def _send_piece(self, fifo: str, seg: Segment) -> None:
+        """Fetch one segment whole, then write it into the shared FIFO in one piece; the last
+        segment done closes the FIFO (after opening it, if nothing was written: the sort waits
+        for its end)."""
+        try:
+            if self._stop.is_set():
+                return
+            storage = self._storage(seg.url)
+            path = storage.local_path(seg.url) if seg.ahead is None else None
+            if path is not None and seg.end is not None:
+                parts = [_read_local(path, seg)]  # the spool: no stream, one read
+            else:
+                buffer = _Buffer(self._stop)
+                _stream(storage, seg, buffer, self._spool)
+                parts = buffer.parts
+            with self._out_lock:
+                if self._stop.is_set():
+                    return
+                out = self._open_shared(fifo)
+                for part in parts:
+                    out.write(part)
+        except BrokenPipeError:
+            pass  # the sort stopped reading: its own exit status says whether that is an error
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                self._fail(exc)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            with self._out_lock:
+                self._left -= 1
+                last = self._left == 0
+                if last:
+                    with contextlib.suppress(OSError):
+                        if not self._stop.is_set():
+                            self._open_shared(fifo)
+                    if self._out is not None:
+                        self._out.close()
+            if last:
+                with self._lock:
+                    self._pending.discard(fifo)
+
+    def _open_shared(self, fifo: str) -> _FdWriter:
+        if self._out is None:
+            self._out = _FdWriter(os.open(fifo, os.O_WRONLY))  # waits for the sort to open it
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        return self._out
+
     def _fail(self, exc: BaseException) -> None:
         if self._stop.is_set():
             return
         self.failure.record(exc)
         self._on_failure()
+
+
+_local = threading.local()
+
+
+def _read_local(path: str, seg: Segment) -> bytes:
+    """Segment `seg` of the local file `path`, read with one pread and decoded whole (with a
+    decompressor this thread keeps: making one costs more than decoding a few KiB)."""
+    assert seg.end is not None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, seg.end - seg.start, seg.start)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"Cannot read {path}: {exc.strerror}.") from exc
+    if seg.codec == ZSTD:
+        dctx = getattr(_local, "dctx", None)
+        if dctx is None:
+            dctx = _local.dctx = zstandard.ZstdDecompressor()
+        try:
+            data = dctx.decompressobj(read_across_frames=True).decompress(data)
+        except zstandard.ZstdError as exc:
+            raise StorageError(
+                f"bytes {seg.start}-{seg.end} of {seg.url} do not decode ({exc}): "
+                "the map output is damaged."
+            ) from exc
+    _check(seg.url, seg.start, seg.end, len(data), seg.size)
+    return data
+
+
+def _remote(seg: Segment) -> bool:
+    """Whether reading the segment waits on the network (it is not in a local file)."""
+    return not seg.url.startswith("file://")
 
 
 def _decoder(codec: str, out: IO[bytes]) -> IO[bytes]:
@@ -203,7 +362,7 @@ class _Route:
     the merge, decoded (closing its FIFO as soon as they are all there), the rest, as they
     are, into one spool file."""
 
-    def __init__(self, seg: Segment, out: _FdWriter, spool: Spool | None) -> None:
+    def __init__(self, seg: Segment, out: _FdWriter | _Buffer, spool: Spool | None) -> None:
         self.seg = seg
         self.out = out
         self.spool = spool
@@ -260,7 +419,7 @@ def _check(url: str, start: int, end: int | None, got: int, size: int) -> None:
         )
 
 
-def _stream(storage: Storage, seg: Segment, out: _FdWriter, spool: Spool | None) -> None:
+def _stream(storage: Storage, seg: Segment, out: _FdWriter | _Buffer, spool: Spool | None) -> None:
     """Write segment `seg`, decoded, to `out`, and what it reads ahead to the spool; resume a
     broken read where it stopped."""
     route = _Route(seg, out, spool)

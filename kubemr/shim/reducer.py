@@ -44,11 +44,13 @@ def merge_inputs(
 
 
 def merge_argv(sort_argv: list[str], feed: Feed, listing: str) -> list[str]:
-    """`sort -m` over the feed's inputs, named through a NUL-separated list at `listing` (no
-    argv length limit); `sort_argv` is the sort that made them, keys and all."""
+    """`sort -m` over the feed's inputs (`sort` when the feed concatenates them), named
+    through a NUL-separated list at `listing` (no argv length limit); `sort_argv` is the sort
+    that made them, keys and all."""
     with open(listing, "wb") as f:
         f.write(b"".join(os.fsencode(r) + b"\0" for r in feed.paths))
-    return [*sort_argv, "-m", f"--batch-size={feed.batch}", f"--files0-from={listing}"]
+    merge = ["-m"] if feed.merged else []
+    return [*sort_argv, *merge, f"--batch-size={feed.batch}", f"--files0-from={listing}"]
 
 
 def run_reduce(

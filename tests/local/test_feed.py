@@ -1,5 +1,6 @@
 """Streaming map outputs into `sort -m` (kubemr.shim.feed): batches, resumed reads, failures,
-a merge that stops early, and reading ahead into the spool.
+a merge that stops early, and reading ahead into the spool; each both ways a feed can go,
+one FIFO per segment for `sort -m`, and every segment concatenated into one FIFO for `sort`.
 
 The map outputs are stored with `kubemr.shuffle.store` in the one-object layout of object
 storage. `Objects` stands in for an S3 bucket: a local directory behind kubemr's own Storage
@@ -160,24 +161,34 @@ def locate(
     return shuffle.locate(storage, workdir, [1] * maps, p, partitions, "none", cache, **kw)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=[False, True], ids=["fifo-per-segment", "concatenated"])
+def concat(request: pytest.FixtureRequest) -> bool:
+    """Whether the feeds of a test concatenate their segments (else one FIFO each)."""
+    return bool(request.param)
+
+
 def feed_of(
     storage: Storage,
     segments: list[shuffle.Segment],
     tmp: Path,
     batch: int,
     spool: shuffle.Spool | None = None,
+    concat: bool = False,
 ) -> Feed:
     local = LocalStorage()
 
     def storage_of(url: str) -> Storage:
         return storage if "/work/" in url else local
 
-    return Feed(storage_of, segments, str(tmp / f"fifos-{time.monotonic_ns()}"), batch, spool)
+    fifos = str(tmp / f"fifos-{time.monotonic_ns()}")
+    feed = Feed(storage_of, segments, fifos, batch, spool, concatenate=concat)
+    assert feed.merged is not concat
+    return feed
 
 
 @pytest.mark.parametrize("codec", ["none", "zstd"])
 def test_more_map_outputs_than_a_batch_merge_to_the_sorted_partition(
-    tmp_path: Path, codec: str
+    tmp_path: Path, codec: str, concat: bool
 ) -> None:
     storage = Objects()
     workdir, ref = map_outputs(tmp_path, storage, maps=70, partitions=3, codec=codec)
@@ -185,18 +196,18 @@ def test_more_map_outputs_than_a_batch_merge_to_the_sorted_partition(
     for p in range(3):
         segments = locate(storage, workdir, 70, p, 3, cache)
         assert 50 < len(segments) <= 70  # the empty segments are left out
-        feed = feed_of(storage, segments, tmp_path, batch=8)
+        feed = feed_of(storage, segments, tmp_path, batch=8, concat=concat)
         assert merged(feed, tmp_path) == ref[p]
         feed.failure.raise_if_any()
     assert sum(1 for _, start, _ in storage.reads if start == 0) == 70  # one index read a map
 
 
-def test_a_dropped_connection_is_resumed_where_it_broke(tmp_path: Path) -> None:
+def test_a_dropped_connection_is_resumed_where_it_broke(tmp_path: Path, concat: bool) -> None:
     storage = Objects()
     workdir, ref = map_outputs(tmp_path, storage, maps=10, partitions=1, codec="zstd")
     segments = locate(storage, workdir, 10, 0, 1, shuffle.IndexCache())
     storage.break_after = 100
-    feed = feed_of(storage, segments, tmp_path, batch=4)
+    feed = feed_of(storage, segments, tmp_path, batch=4, concat=concat)
     assert merged(feed, tmp_path) == ref[0]
     feed.failure.raise_if_any()
     starts = {seg.url: seg.start for seg in segments}
@@ -204,12 +215,12 @@ def test_a_dropped_connection_is_resumed_where_it_broke(tmp_path: Path) -> None:
     assert len(resumed) == len(segments)  # each read once more, from where it broke
 
 
-def test_an_unreadable_map_output_stops_the_merge_at_once(tmp_path: Path) -> None:
+def test_an_unreadable_map_output_stops_the_merge_at_once(tmp_path: Path, concat: bool) -> None:
     storage = Objects()
     workdir, _ = map_outputs(tmp_path, storage, maps=40, partitions=1, codec="none")
     segments = locate(storage, workdir, 40, 0, 1, shuffle.IndexCache())
     storage.missing.add(segments[20].url)
-    feed = feed_of(storage, segments, tmp_path, batch=8)
+    feed = feed_of(storage, segments, tmp_path, batch=8, concat=concat)
     started = time.monotonic()
     merged(feed, tmp_path)
     assert time.monotonic() - started < 20
@@ -217,23 +228,23 @@ def test_an_unreadable_map_output_stops_the_merge_at_once(tmp_path: Path) -> Non
         feed.failure.raise_if_any()
 
 
-def test_a_damaged_map_output_is_not_merged(tmp_path: Path) -> None:
+def test_a_damaged_map_output_is_not_merged(tmp_path: Path, concat: bool) -> None:
     storage = Objects()
     workdir, _ = map_outputs(tmp_path, storage, maps=3, partitions=2, codec="none")
     segments = locate(storage, workdir, 3, 0, 2, shuffle.IndexCache())
     seg = segments[1]
     bad = shuffle.Segment(seg.url, seg.codec, seg.start, seg.end, seg.size + 1)
-    feed = feed_of(storage, [segments[0], bad, segments[2]], tmp_path, batch=8)
+    feed = feed_of(storage, [segments[0], bad, segments[2]], tmp_path, batch=8, concat=concat)
     merged(feed, tmp_path)
     with pytest.raises(StorageError, match="the map output is damaged"):
         feed.failure.raise_if_any()
 
 
-def test_a_merge_that_stops_reading_releases_every_writer(tmp_path: Path) -> None:
+def test_a_merge_that_stops_reading_releases_every_writer(tmp_path: Path, concat: bool) -> None:
     storage = Objects()
     workdir, ref = map_outputs(tmp_path, storage, maps=60, partitions=1, codec="none")
     segments = locate(storage, workdir, 60, 0, 1, shuffle.IndexCache())
-    feed = feed_of(storage, segments, tmp_path, batch=8)
+    feed = feed_of(storage, segments, tmp_path, batch=8, concat=concat)
     started = time.monotonic()
     out = merged(feed, tmp_path, stop_after=50)
     assert out == ref[0][:50]
@@ -241,14 +252,14 @@ def test_a_merge_that_stops_reading_releases_every_writer(tmp_path: Path) -> Non
     feed.failure.raise_if_any()  # the merge stopping is not a failure of the feed
 
 
-def test_the_first_task_of_a_claim_reads_ahead_for_the_others(tmp_path: Path) -> None:
+def test_the_first_task_of_a_claim_reads_ahead_for_the_others(tmp_path: Path, concat: bool) -> None:
     storage = Objects()
     workdir, ref = map_outputs(tmp_path, storage, maps=12, partitions=5, codec="zstd")
     cache = shuffle.IndexCache()
 
     def run(p: int, spool: shuffle.Spool) -> bytes:
         segments = locate(storage, workdir, 12, p, 5, cache, spool=spool, upto=3)
-        feed = feed_of(storage, segments, tmp_path, batch=8, spool=spool)
+        feed = feed_of(storage, segments, tmp_path, batch=8, spool=spool, concat=concat)
         out = merged(feed, tmp_path)
         feed.failure.raise_if_any()
         return out
@@ -272,7 +283,8 @@ def test_the_first_task_of_a_claim_reads_ahead_for_the_others(tmp_path: Path) ->
     small = shuffle.Spool(str(tmp_path / "small"), budget=12)  # 1 byte a map output
     small.clear()
     assert run(0, small) == ref[0] and run(1, small) == ref[1]
-    assert len(storage.reads) == reads + 12 * 4 and os.listdir(small.directory) == []
+    own = sum(len(locate(storage, workdir, 12, p, 5, cache)) for p in (0, 1))  # not empty
+    assert len(storage.reads) == reads + 12 * 2 + own and os.listdir(small.directory) == []
 
 
 def test_a_low_limit_of_open_files_makes_smaller_merge_batches() -> None:
@@ -307,3 +319,90 @@ def test_without_dev_shm_the_fifos_go_into_the_attempts_directory(
     assert merged(feed, tmp_path) == ref[0]
     feed.failure.raise_if_any()
     assert os.listdir(tmp_path / "runs") == []
+
+
+def test_small_segments_are_concatenated_and_sorted_large_ones_merged() -> None:
+    """The choice a reduce task makes: many small segments (many partitions) go into one FIFO
+    and are sorted; segments of unknown size, one alone, or large ones get a FIFO each."""
+    from kubemr.shim.feed import LARGEST_CONCATENATED, SMALL_SEGMENTS, concatenates
+
+    def segs(*sizes: int) -> list[shuffle.Segment]:
+        return [
+            shuffle.Segment(f"s3://b/m{i}", "none", 0, max(s, 0), s) for i, s in enumerate(sizes)
+        ]
+
+    assert concatenates(segs(*[2_600] * 200))  # P = 256 over 128 MiB of 200 map outputs
+    assert concatenates(segs(0, 0, SMALL_SEGMENTS * 2))  # small on average
+    assert not concatenates(segs(*[640_000] * 200))  # P = 1: a merge of sorted runs
+    assert not concatenates(segs(100, -1))  # a size not known
+    assert not concatenates(segs(100))  # one segment: nothing to merge either way
+    assert not concatenates(segs(*[0] * 99, LARGEST_CONCATENATED + 1))  # one too large to hold
+
+
+def test_a_concatenated_feed_of_empty_segments_ends(tmp_path: Path) -> None:
+    """Segments with no bytes of their own (the first task of a claim may read only ahead):
+    the FIFO is still opened and closed, so the sort sees its end rather than waiting."""
+    storage = Objects()
+    workdir, _ = map_outputs(tmp_path, storage, maps=4, partitions=1, codec="none")
+    segments = locate(storage, workdir, 4, 0, 1, shuffle.IndexCache())
+    empty = [shuffle.Segment(s.url, s.codec, s.start, s.start, 0) for s in segments]
+    feed = feed_of(storage, empty, tmp_path, batch=8, concat=True)
+    started = time.monotonic()
+    assert merged(feed, tmp_path) == b""
+    assert time.monotonic() - started < 20
+    feed.failure.raise_if_any()
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_a_spill_written_piece_by_piece_is_stored_and_read_back_whole(
+    tmp_path: Path, codec: str, concat: bool
+) -> None:
+    """The partitioner writes each partition in many pieces, interleaved, into one spill; the
+    object packs each partition's pieces together (compressed as one frame, or several for
+    more than `shuffle.COPY_CHUNK`), and every partition reads back as it was written."""
+    storage = Objects()
+    workdir = (tmp_path / "work").as_uri() + "/"
+    spill = shuffle.Spill(str(tmp_path / "spill"), 3)
+    sinks = spill.sinks()
+    want = [bytearray() for _ in range(3)]
+    rng = random.Random(5)
+    for i in range(300):
+        p = rng.choice([0, 2])  # partition 1 is left empty
+        line = f"k{i:05d}\t{rng.randrange(10**9)}\n".encode()
+        sinks[p].write(line)
+        want[p] += line
+    big = b"".join(f"z{i:08d}\tx\n".encode() for i in range(shuffle.COPY_CHUNK // 11 + 1000))
+    sinks[2].write(big)  # one piece larger than COPY_CHUNK
+    want[2] += big
+    spill.close()
+    shuffle.store(storage, workdir, Task("map", 0), 1, spill, codec)
+    cache = shuffle.IndexCache()
+    for p in (0, 2):
+        segments = shuffle.locate(storage, workdir, [1], p, 3, codec, cache)
+        twice = [segments[0], segments[0]]  # two map outputs holding the same lines
+        feed = feed_of(storage, twice, tmp_path, batch=8, concat=concat)
+        assert merged(feed, tmp_path) == b"".join(sorted(bytes(want[p]).splitlines(True) * 2))
+        feed.failure.raise_if_any()
+    assert shuffle.locate(storage, workdir, [1], 1, 3, codec, cache) == []
+
+
+@pytest.mark.parametrize("damage", ["size", "bytes"])
+def test_a_damaged_segment_read_ahead_into_the_spool_is_not_merged(
+    tmp_path: Path, damage: str
+) -> None:
+    """Segments in local files (the spool) are read in one piece and decoded whole; one that
+    decodes to another size than its index says, or does not decode, fails the attempt."""
+    import zstandard
+
+    good = zstandard.ZstdCompressor().compress(b"a\t1\nb\t1\n")
+    path = tmp_path / "kept"
+    path.write_bytes(good + (b"x" * len(good) if damage == "bytes" else good))
+    url = path.as_uri()
+    segments = [
+        shuffle.Segment(url, "zstd", 0, len(good), 8),
+        shuffle.Segment(url, "zstd", len(good), 2 * len(good), 9 if damage == "size" else 8),
+    ]
+    feed = feed_of(Objects(), segments, tmp_path, batch=8, concat=True)
+    merged(feed, tmp_path)
+    with pytest.raises(StorageError, match="the map output is damaged"):
+        feed.failure.raise_if_any()
