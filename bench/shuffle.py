@@ -60,6 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kubemr import layout, shuffle, state  # noqa: E402
+from kubemr.partition import sort_keys  # noqa: E402
+from kubemr.shim.config import DEFAULT_SORT_MEMORY  # noqa: E402
 from kubemr.shim.feed import Feed  # noqa: E402
 from kubemr.shim.reducer import merge_argv  # noqa: E402
 from kubemr.state import Task  # noqa: E402
@@ -67,7 +69,8 @@ from kubemr.storage import storage_for  # noqa: E402
 from kubemr.storage.base import Storage  # noqa: E402
 from kubemr.storage.s3 import S3Storage  # noqa: E402
 
-SORT = ["sort", "-S", "64M", "-t", "\t", "-k1,1"]
+#: The sort a reduce task on a pod runs (kubemr.shim.attempt.sort_argv): its buffer, its keys.
+SORT = ["sort", "-S", DEFAULT_SORT_MEMORY, *sort_keys(b"\t", 1)]
 FETCH_THREADS = 8
 
 
