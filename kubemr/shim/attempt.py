@@ -15,12 +15,14 @@ import shutil
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from kubemr.errors import TaskFailed
 from kubemr.partition import sort_keys
-from kubemr.shim import exchange
+from kubemr.shim import bridge, exchange
 from kubemr.shim.job import Job
 from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered, shell
 from kubemr.state import Task
@@ -67,9 +69,15 @@ class Attempt:
         return os.path.join(self.job.config.scratch, "pgids")
 
     def proc(
-        self, label: str, argv: list[str], env: dict[str, str], stdin: Any, stdout: Any
+        self,
+        label: str,
+        argv: list[str],
+        env: dict[str, str],
+        stdin: Any,
+        stdout: Any,
+        fork: Callable[[], object] | None = None,
     ) -> Proc:
-        """Start one process of this attempt in the command directory."""
+        """Start one process of this attempt in the command directory (see `Proc`)."""
         return Proc(
             label,
             argv,
@@ -79,6 +87,7 @@ class Attempt:
             stdout=stdout,
             log=self.log,
             registry=self.registry,
+            fork=fork,
         )
 
     def command(
@@ -86,7 +95,8 @@ class Attempt:
     ) -> Proc:
         """Start a user command: with `sh -c` here, or, in sidecar mode, through the executor
         in the user's container (a bridge process stands in for it, with the same stdin,
-        stdout, stderr, exit code and signals)."""
+        stdout, stderr, exit code and signals: a child forked from this worker, which needs
+        no interpreter started; `exchange.bridge_argv` is the same bridge as a program)."""
         executor = self.job.config.executor
         if executor is None:
             return self.proc(label, shell(command), env, stdin, stdout)
@@ -94,7 +104,7 @@ class Attempt:
         # The user's container has its own environment; only what the task adds goes there.
         task_vars = {k: v for k, v in env.items() if base.get(k) != v}
         argv = exchange.bridge_argv(executor, self.cwd, command, task_vars)
-        return self.proc(label, argv, env, stdin, stdout)
+        return self.proc(label, argv, env, stdin, stdout, fork=partial(bridge.main, argv[3:]))
 
     @property
     def out(self) -> str:
@@ -119,6 +129,7 @@ class Attempt:
         by SIGPIPE is no failure when `reader`, the process reading its output, exited 0:
         it stopped reading early (`head`), which ends a shell pipeline just as well."""
         code = proc.popen.returncode
+        assert code is not None, f"{proc.label} is still running"
         if code == 0:
             return
         if code == -signal.SIGPIPE and reader is not None and reader.popen.returncode == 0:

@@ -17,10 +17,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from kubemr import reporter
+from kubemr.shim.forked import Forked
 
 GRACE_SECONDS = 5.0
 LOG_HEAD_BYTES = 4 * 1024 * 1024
@@ -118,19 +119,26 @@ class Proc:
         stdout: Any,
         log: StderrLog,
         registry: str | None = None,
+        fork: Callable[[], object] | None = None,
     ) -> None:
+        """With `fork`, the process is a forked child of this one that runs `fork()` (see
+        kubemr.shim.forked), with `argv` and `env` only naming what it does."""
         self.label = label
         self.log = log
         self.reaped = False
-        self.popen = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=dict(env),
-            stdin=stdin,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        self.popen: subprocess.Popen[bytes] | Forked
+        if fork is not None:
+            self.popen = Forked(fork, stdin=stdin, stdout=stdout, cwd=cwd)
+        else:
+            self.popen = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
         if registry is not None:
             # So whoever started this worker can kill the group if the worker dies first.
             with open(os.path.join(registry, str(self.popen.pid)), "w"):
