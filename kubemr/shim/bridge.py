@@ -31,8 +31,10 @@ the shim's own), `kill ID KILL` follows, so the command is gone before this
 process could be SIGKILLed. When the executor cannot run the command, this
 script exits EXECUTOR_FAILED after one `[kubemr] executor:` line on stderr.
 
-Run with `-I -S` and stdlib only: it must not import kubemr, and it starts
-once per command, so it imports little.
+The shim runs `main` in a child forked from the worker for each command
+(kubemr.shim.forked: no interpreter to start); as a program, run with `-I -S`.
+Either way it uses the standard library only and must not import kubemr: in a
+forked child nothing may take a lock that one of the worker's threads held.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A worker (a pod on a cluster, a child process of `kubemr run` here) is
 configured only through its environment, so the same entrypoint runs in
 both places. Nothing else in the shim reads the environment of its own
-accord; the sidecar bridge, a separate process, is handed its own.
+accord; the sidecar bridge reads only its own two settings
+(KUBEMR_BRIDGE_GRACE, KUBEMR_BRIDGE_READY_TIMEOUT).
 """
 
 from __future__ import annotations
