@@ -104,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = sub.add_parser("results", help="list the result files of a job, or print them")
     results.add_argument("run", metavar="RUN")
-    results.add_argument("--cat", action="store_true", help="print the results, part by part")
+    results.add_argument(
+        "--cat",
+        action="store_true",
+        help="print the results, part by part (decompressed, if spec.outputCompression is set)",
+    )
     _cluster_options(results)
 
     logs = sub.add_parser(

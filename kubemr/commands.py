@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from kubemr import layout, reporter, state
+from kubemr import compression, layout, reporter, state
 from kubemr.cluster import locate, pod_logs
 from kubemr.errors import KubemrError, NotFound, RunError, RunMismatch, SpecError
 from kubemr.local import LocalRun, check_inputs, check_output, prepare, run_spec, spec_differences
@@ -200,7 +200,11 @@ def cmd_results(args: argparse.Namespace) -> int:
             print(url)
             continue
         with job.storage(url).open_read(url) as f:
-            shutil.copyfileobj(f, sys.stdout.buffer, 1024 * 1024)
+            if compression.codec_of(url) is None:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1024 * 1024)
+                continue
+            for chunk in compression.decompressed(f, url):  # spec.outputCompression
+                sys.stdout.buffer.write(chunk)
     sys.stdout.flush()
     return 0
 

@@ -50,14 +50,19 @@ def map_output(workdir: str, task: Task, attempt: int) -> str:
     return join(attempt_dir(workdir, task, attempt), "map.out")
 
 
-def result_name(task: Task) -> str:
-    """The file name a task's result gets in the output (map-only jobs: part-m)."""
+#: spec.outputCompression -> the extension of result files.
+RESULT_SUFFIX = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+
+
+def result_name(task: Task, codec: str = "none") -> str:
+    """The file name a task's result gets in the output (map-only jobs: part-m), with the
+    extension of `codec` (spec.outputCompression)."""
     kind = "m" if task.stage == "map" else "r"
-    return f"part-{kind}-{task.index:05d}"
+    return f"part-{kind}-{task.index:05d}{RESULT_SUFFIX[codec]}"
 
 
-def task_result(workdir: str, task: Task, attempt: int) -> str:
-    return join(attempt_dir(workdir, task, attempt), result_name(task))
+def task_result(workdir: str, task: Task, attempt: int, codec: str = "none") -> str:
+    return join(attempt_dir(workdir, task, attempt), result_name(task, codec))
 
 
 def log_url(workdir: str, task: Task, attempt: int) -> str:

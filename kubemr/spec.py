@@ -59,6 +59,7 @@ SPEC_FIELDS = (
     "keyFields",
     "keepIntermediate",
     "mapOutputCompression",
+    "outputCompression",
     "ttlSecondsAfterFinished",
 )
 STORAGE_FIELDS = ("endpoint", "region", "secretName")
@@ -109,6 +110,9 @@ AUTO = "auto"
 #: spec.mapOutputCompression: `auto` is zstd where map outputs go to object storage, none on a
 #: local disk (see kubemr.shuffle).
 MAP_OUTPUT_CODECS = (AUTO, "zstd", "none")
+#: spec.outputCompression: how results are written (`part-r-00000.gz`, `.zst`), as Hadoop's
+#: mapreduce.output.fileoutputformat.compress with GzipCodec or ZStandardCodec.
+OUTPUT_CODECS = ("none", "gzip", "zstd")
 OUTPUT_SCHEMES = ("s3", "file")
 
 
@@ -148,6 +152,7 @@ class JobSpec:
     key_fields: int = 1
     keep_intermediate: bool = False
     map_output_compression: str = AUTO
+    output_compression: str = "none"
     ttl_seconds_after_finished: int | None = None
 
 
@@ -332,6 +337,12 @@ def parse_spec(
             "spec.mapOutputCompression must be 'auto' (zstd on object storage, none on a local "
             f"disk), 'zstd' or 'none', got {compression!r}."
         )
+    results_codec = _opt_str(spec, "outputCompression", "spec.") or "none"
+    if results_codec not in OUTPUT_CODECS:
+        raise SpecError(
+            "spec.outputCompression must be 'none' (the default), 'gzip' or 'zstd' (results "
+            f"written as part-r-00000.gz or .zst), got {results_codec!r}."
+        )
     ttl: int | None = None
     if spec.get("ttlSecondsAfterFinished") is not None:
         ttl = _int(spec, "ttlSecondsAfterFinished", 0, 0, 365 * 24 * 3600)
@@ -359,6 +370,7 @@ def parse_spec(
         key_fields=key_fields,
         keep_intermediate=keep,
         map_output_compression=compression,
+        output_compression=results_codec,
         ttl_seconds_after_finished=ttl,
     )
 

@@ -29,6 +29,7 @@ from kubemr.plan import Split
 from kubemr.reporter import Counters
 from kubemr.shim.attempt import Attempt, Failure
 from kubemr.shim.process import Proc, wait_all
+from kubemr.shim.results import ResultFile
 from kubemr.shim.stdin import feed, local_ranges, open_whole, send_ranges
 
 
@@ -56,10 +57,17 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
 
     try:
         if partitions == 0:
-            local = os.path.join(att.out, layout.result_name(att.task))
-            outputs.append((local, layout.task_result(workdir, att.task, att.number)))
-            with open(local, "wb") as out:
-                mapper = att.command("map command", job.commands.map, env, stdin, out)
+            codec = job.spec.output_compression
+            local = os.path.join(att.out, layout.result_name(att.task, codec))
+            outputs.append((local, layout.task_result(workdir, att.task, att.number, codec)))
+            result = ResultFile(local, codec, failure)
+            try:
+                mapper = att.command("map command", job.commands.map, env, stdin, result.stdout)
+                result.started(mapper)
+            finally:
+                result.close()
+            if result.thread is not None:
+                threads.append(result.thread)
         else:
             mapper = att.command("map command", job.commands.map, env, stdin, subprocess.PIPE)
     finally:

@@ -31,12 +31,13 @@ def run_publish(job: Job, workdir: str, doc: Mapping[str, Any]) -> tuple[list[st
     output = job.output
     last = "reduce" if int(state.status_of(doc).get("partitions", 0) or 0) else "map"
     tasks = [(Task(last, i), a) for i, a in enumerate(state.attempts_of(doc, last))]
-    results = [layout.output_url(output, layout.result_name(t)) for t, _ in tasks]
+    codec = job.spec.output_compression
+    results = [layout.output_url(output, layout.result_name(t, codec)) for t, _ in tasks]
 
     def place(item: tuple[Task, int]) -> None:
         task, attempt = item
-        src = layout.task_result(workdir, task, attempt)
-        dst = layout.output_url(output, layout.result_name(task))
+        src = layout.task_result(workdir, task, attempt, codec)
+        dst = layout.output_url(output, layout.result_name(task, codec))
         if src.split("://", 1)[0] == dst.split("://", 1)[0]:
             job.storage(dst).copy(src, dst)
         else:

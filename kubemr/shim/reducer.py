@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 
 from kubemr import layout, shuffle
 from kubemr.reporter import Counters
-from kubemr.shim.attempt import Attempt
+from kubemr.shim.attempt import Attempt, Failure
 from kubemr.shim.feed import Feed
 from kubemr.shim.job import Job
 from kubemr.shim.process import Proc, signal_group, wait_all
+from kubemr.shim.results import ResultFile
 
 
 def merge_inputs(
@@ -72,10 +73,14 @@ def run_reduce(
     feed = merge_inputs(
         job, workdir, map_attempts, partition, fifos, cache, att.watch.check, spool, upto
     )
-    local = os.path.join(att.out, layout.result_name(att.task))
+    codec = job.spec.output_compression
+    local = os.path.join(att.out, layout.result_name(att.task, codec))
     procs: list[Proc] = []
+    failure = Failure()
+    result = ResultFile(local, codec, failure)
     try:
-        with open(local, "wb") as out:
+        try:
+            out = result.stdout
             if feed.paths:
                 merger = att.proc(
                     "merge (sort -m)",
@@ -92,8 +97,11 @@ def run_reduce(
             else:
                 reducer = att.command("reduce command", reduce_cmd, env, subprocess.DEVNULL, out)
                 procs = [reducer]
+            result.started(reducer)
+        finally:
+            result.close()
         try:
-            wait_all(procs, att.watch)
+            wait_all(procs, att.watch, [result.thread] if result.thread else [])
         finally:
             att.log.close()
     finally:
@@ -103,6 +111,7 @@ def run_reduce(
     att.check(reducer, reducer.label)
     for proc in procs[1:]:
         att.check(proc, proc.label, reader=reducer)  # the merge, if the reduce stopped early
-    url = layout.task_result(workdir, att.task, att.number)
+    failure.raise_if_any()
+    url = layout.task_result(workdir, att.task, att.number, codec)
     job.storage(url).put_file(local, url)
     return att.log.counters

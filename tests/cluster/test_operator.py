@@ -293,6 +293,11 @@ def test_invalid_manifests_are_refused_or_fail_naming_the_field(
     refused, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, partitions=0)
     out = kubectl(cluster, "-n", ns, "create", "-f", str(refused), check=False)
     assert out.returncode != 0 and "spec.partitions" in out.stderr
+    codec, _ = cluster_manifest(
+        cluster, "bash-wordcount", corpus, tmp_path, outputCompression="lz4"
+    )
+    out = kubectl(cluster, "-n", ns, "create", "-f", str(codec), check=False)
+    assert out.returncode != 0 and "spec.outputCompression" in out.stderr
     typo, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, reducer="cat")
     out = kubectl(cluster, "-n", ns, "create", "-f", str(typo), check=False)
     assert out.returncode != 0 and 'unknown field "spec.reducer"' in out.stderr
@@ -366,7 +371,11 @@ def test_two_operators_deploy_each_job_once(
 def test_submit_wait_and_results_from_the_cli(
     cluster: Cluster, ns: str, corpus: str, tmp_path: Path
 ) -> None:
-    path, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path)
+    """With gzip-compressed results (spec.outputCompression), which `results --cat` prints
+    decompressed."""
+    path, _ = cluster_manifest(
+        cluster, "bash-wordcount", corpus, tmp_path, outputCompression="gzip"
+    )
     env = {**os.environ, **{k: cluster.env[k] for k in cluster.env if k.startswith("AWS_")}}
     env["KUBECONFIG"] = cluster.kubeconfig
     base = [sys.executable, "-m", "kubemr"]
@@ -379,6 +388,10 @@ def test_submit_wait_and_results_from_the_cli(
     )
     assert proc.returncode == 0, proc.stderr
     name = proc.stdout.split()[0].split("/", 1)[1]
+    urls = subprocess.run(
+        [*base, "results", name, "-n", ns], capture_output=True, text=True, env=env, timeout=60
+    ).stdout.split()
+    assert [u.rsplit("/", 1)[1] for u in urls] == ["part-r-00000.gz", "part-r-00001.gz"]
     cat = subprocess.run(
         [*base, "results", name, "-n", ns, "--cat"], capture_output=True, env=env, timeout=60
     )

@@ -267,6 +267,12 @@ BAD_SPECS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("zero keyFields", {"keyFields": 0}, ["spec.keyFields"]),
     ("unknown codec", {"mapOutputCompression": "lz4"}, ["spec.mapOutputCompression", "'lz4'"]),
     ("bool codec", {"mapOutputCompression": True}, ["spec.mapOutputCompression"]),
+    (
+        "unknown results codec",
+        {"outputCompression": "bzip2"},
+        ["spec.outputCompression", "'bzip2'"],
+    ),
+    ("bool results codec", {"outputCompression": False}, ["spec.outputCompression"]),
     ("negative ttl", {"ttlSecondsAfterFinished": -5}, ["spec.ttlSecondsAfterFinished"]),
     ("string ttl", {"ttlSecondsAfterFinished": "1d"}, ["spec.ttlSecondsAfterFinished"]),
     # splitSize
