@@ -13,6 +13,12 @@ exactly one split. Small objects are packed together into one split.
 Compressed objects (`.gz`, `.bz2`, `.xz`, `.zst`: kubemr.compression) are
 read decompressed and never cut. Planning needs only names and
 sizes; no data is read until a map task runs.
+
+With `spec.linesPerMap` N (Hadoop's NLineInputFormat) every N lines of an
+input are one split instead (`cut_lines`): planning reads each input once to
+find where every N-th line ends, and each split is the byte range of its
+lines, read as above. This is how a list of URLs, object keys or IDs is
+spread over map tasks, one line each with N = 1.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from kubemr.compression import codec_of, decompressed
 from kubemr.errors import InputError, NotFound, StorageError, TemporaryError
@@ -184,9 +190,69 @@ def cut(items: list[ObjectInfo | str], split_size: int) -> list[Split]:
     return splits
 
 
-def plan_splits(inputs: tuple[str, ...], lister: Lister, split_size: int) -> list[Split]:
-    """Inputs to splits: the whole of planning."""
-    return cut(list_inputs(inputs, lister), split_size)
+def cut_lines(
+    items: list[ObjectInfo | str], lines: int, open_read: Callable[[str], BinaryIO]
+) -> list[Split]:
+    """Cut resolved inputs into splits of `lines` lines each (the last of an input may hold
+    fewer), reading each input once for where its lines end; opaque inputs one split each."""
+    splits: list[Split] = []
+    for item in items:
+        if isinstance(item, str):
+            splits.append(Split(opaque=item))
+            continue
+        if item.size == 0:
+            continue
+        if codec_of(item.url) is not None:
+            raise InputError(
+                f"input {item.url} is compressed, and spec.linesPerMap cuts inputs at line "
+                "offsets, which a compressed file does not have; decompress it, or drop "
+                "spec.linesPerMap."
+            )
+        start = 0
+        for end in _every_nth_line_end(open_read(item.url), lines):
+            if end < item.size:
+                splits.append(Split(segments=(Segment(item.url, start, end),)))
+                start = end
+        if start < item.size:
+            splits.append(Split(segments=(Segment(item.url, start, item.size),)))
+    return splits
+
+
+def _every_nth_line_end(stream: BinaryIO, n: int) -> Iterator[int]:
+    """The offsets just past every n-th newline of `stream` (closed at the end)."""
+    with stream:
+        pos = 0  # of the chunk's start
+        left = n  # newlines until the next offset
+        while chunk := stream.read(CHUNK):
+            count = chunk.count(b"\n")
+            if count < left:
+                left -= count
+            else:
+                at = -1
+                while True:
+                    at = chunk.find(b"\n", at + 1)
+                    if at < 0:
+                        break
+                    left -= 1
+                    if left == 0:
+                        yield pos + at + 1
+                        left = n
+            pos += len(chunk)
+
+
+def plan_splits(
+    inputs: tuple[str, ...],
+    lister: Lister,
+    split_size: int,
+    lines_per_map: int | None = None,
+    open_read: Callable[[str], BinaryIO] | None = None,
+) -> list[Split]:
+    """Inputs to splits: the whole of planning (`open_read` reads inputs, for linesPerMap)."""
+    items = list_inputs(inputs, lister)
+    if lines_per_map is not None:
+        assert open_read is not None
+        return cut_lines(items, lines_per_map, open_read)
+    return cut(items, split_size)
 
 
 def dump_plan(splits: list[Split], extra: dict[str, Any]) -> bytes:

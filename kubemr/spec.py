@@ -53,6 +53,7 @@ SPEC_FIELDS = (
     "mode",
     "template",
     "splitSize",
+    "linesPerMap",
     "maxAttempts",
     "taskTimeoutSeconds",
     "separator",
@@ -146,6 +147,7 @@ class JobSpec:
     mode: str = WRAPPER
     template: Mapping[str, Any] | None = None
     split_size: int = DEFAULT_SPLIT_SIZE
+    lines_per_map: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     task_timeout: int = DEFAULT_TASK_TIMEOUT
     separator: str = "\t"
@@ -315,6 +317,7 @@ def parse_spec(
         )
     template = _template(spec.get("template"))
     split_size = _size(spec.get("splitSize"))
+    lines_per_map = _int(spec, "linesPerMap", 0, 1, 10**9) or None
     max_attempts = _int(spec, "maxAttempts", DEFAULT_MAX_ATTEMPTS, 1, MAX_ATTEMPTS)
     task_timeout = _int(spec, "taskTimeoutSeconds", DEFAULT_TASK_TIMEOUT, 1, MAX_TASK_TIMEOUT)
     separator = _opt_str(spec, "separator", "spec.")
@@ -364,6 +367,7 @@ def parse_spec(
         mode=mode,
         template=template,
         split_size=split_size,
+        lines_per_map=lines_per_map,
         max_attempts=max_attempts,
         task_timeout=task_timeout,
         separator=separator,

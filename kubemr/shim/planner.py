@@ -34,7 +34,11 @@ def check_output_free(job: Job) -> None:
 def run_plan(job: Job, doc: Mapping[str, Any], attempt: int) -> Planned:
     check_output_free(job)
     splits = plan_splits(
-        job.spec.inputs, lambda url: job.storage(url).list(url), job.spec.split_size
+        job.spec.inputs,
+        lambda url: job.storage(url).list(url),
+        job.spec.split_size,
+        job.spec.lines_per_map,
+        lambda url: job.storage(url).open_read(url),
     )
     workdir = job.workdir(doc)
     url = layout.plan_url(workdir, attempt)

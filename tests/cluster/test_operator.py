@@ -414,6 +414,26 @@ def test_submit_wait_and_results_from_the_cli(
     assert replay.returncode == 0 and replay.stdout.count(b"\t1\n") > 100
 
 
+def test_line_per_task_inputs_on_the_cluster(
+    cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path
+) -> None:
+    """spec.linesPerMap on the cluster: the plan, made by a worker pod reading the inputs
+    from S3, has one map task per N lines, and the word count is the same as without it."""
+    path, output = cluster_manifest(
+        cluster, "bash-wordcount", corpus, tmp_path, linesPerMap=400, splitSize=None
+    )
+    name = create(cluster, ns, path)
+    doc = wait_phase(cluster, ns, name)
+    assert doc["status"]["phase"] == "Succeeded", doc["status"].get("message")
+    inputs = s3_objects(s3, f"s3://{corpus}/corpus/")
+    lines = [d.count(b"\n") + (not d.endswith(b"\n")) for d in inputs.values() if d]
+    tasks = sum(-(-n // 400) for n in lines)
+    assert state.counts(doc, "map") == (tasks, tasks) and tasks > len(inputs)
+    stored = s3_objects(s3, output)
+    expected = local_results("bash-wordcount", tmp_path)
+    assert {k: v for k, v in stored.items() if k.startswith("part-")} == expected
+
+
 def test_the_local_manifest_runs_unchanged_with_submit_upload(
     cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path
 ) -> None:

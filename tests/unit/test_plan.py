@@ -591,3 +591,24 @@ def test_list_inputs_lets_a_temporary_failure_be_retried() -> None:
 
     with pytest.raises(TemporaryStorageError):
         list_inputs(("s3://b/x",), lister)
+
+
+def test_cut_lines_ends_each_split_after_every_nth_line() -> None:
+    import io
+
+    from kubemr.plan import Segment, Split, cut_lines
+    from kubemr.storage.base import ObjectInfo
+
+    data = {"file:///a": b"1\n2\n3\n4\n5\n6\n", "file:///b": b"x\ny", "file:///c": b""}
+
+    def open_read(url: str) -> io.BytesIO:
+        return io.BytesIO(data[url])
+
+    items: list[ObjectInfo | str] = [ObjectInfo(u, len(d)) for u, d in data.items()]
+    assert cut_lines([*items, "opaque"], 3, open_read) == [
+        Split(segments=(Segment("file:///a", 0, 6),)),
+        Split(segments=(Segment("file:///a", 6, 12),)),
+        Split(segments=(Segment("file:///b", 0, 3),)),
+        Split(opaque="opaque"),
+    ]
+    assert [s.segments[0].end for s in cut_lines(items[:1], 1, open_read)] == [2, 4, 6, 8, 10, 12]

@@ -272,6 +272,8 @@ BAD_SPECS: list[tuple[str, dict[str, Any], list[str]]] = [
         {"outputCompression": "bzip2"},
         ["spec.outputCompression", "'bzip2'"],
     ),
+    ("zero linesPerMap", {"linesPerMap": 0}, ["spec.linesPerMap", "got 0"]),
+    ("string linesPerMap", {"linesPerMap": "10"}, ["spec.linesPerMap", "'10'"]),
     ("bool results codec", {"outputCompression": False}, ["spec.outputCompression"]),
     ("negative ttl", {"ttlSecondsAfterFinished": -5}, ["spec.ttlSecondsAfterFinished"]),
     ("string ttl", {"ttlSecondsAfterFinished": "1d"}, ["spec.ttlSecondsAfterFinished"]),
