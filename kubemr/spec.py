@@ -58,6 +58,7 @@ SPEC_FIELDS = (
     "taskTimeoutSeconds",
     "separator",
     "keyFields",
+    "partitionFields",
     "keepIntermediate",
     "mapOutputCompression",
     "outputCompression",
@@ -152,6 +153,7 @@ class JobSpec:
     task_timeout: int = DEFAULT_TASK_TIMEOUT
     separator: str = "\t"
     key_fields: int = 1
+    partition_fields: int | None = None
     keep_intermediate: bool = False
     map_output_compression: str = AUTO
     output_compression: str = "none"
@@ -329,6 +331,12 @@ def parse_spec(
             f"got {separator!r}."
         )
     key_fields = _int(spec, "keyFields", 1, 1, 100)
+    partition_fields = _int(spec, "partitionFields", 0, 1, 100) or None
+    if partition_fields is not None and partition_fields > key_fields:
+        raise SpecError(
+            f"spec.partitionFields must be at most spec.keyFields ({key_fields}), got "
+            f"{partition_fields}: records are partitioned on the first fields of their key."
+        )
     keep = spec.get("keepIntermediate", False)
     if not isinstance(keep, bool):
         raise SpecError(f"spec.keepIntermediate must be true or false, got {keep!r}.")
@@ -372,6 +380,7 @@ def parse_spec(
         task_timeout=task_timeout,
         separator=separator,
         key_fields=key_fields,
+        partition_fields=partition_fields,
         keep_intermediate=keep,
         map_output_compression=compression,
         output_compression=results_codec,

@@ -213,7 +213,9 @@ def _start_partitioner(
 ) -> threading.Thread:
     """Split the sorted map output by partition, in a thread; it closes source and sinks."""
     sep = att.job.spec.separator.encode()
-    fields = att.job.spec.key_fields
+    # Partition on the first partitionFields fields of the key (all of it by default); the
+    # lines sharing them are contiguous in lines sorted by the whole key.
+    fields = att.job.spec.partition_fields or att.job.spec.key_fields
 
     def run() -> None:
         try:

@@ -298,6 +298,9 @@ def test_invalid_manifests_are_refused_or_fail_naming_the_field(
     )
     out = kubectl(cluster, "-n", ns, "create", "-f", str(codec), check=False)
     assert out.returncode != 0 and "spec.outputCompression" in out.stderr
+    fields, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, partitionFields=2)
+    out = kubectl(cluster, "-n", ns, "create", "-f", str(fields), check=False)
+    assert out.returncode != 0 and "spec.partitionFields must be at most" in out.stderr
     typo, _ = cluster_manifest(cluster, "bash-wordcount", corpus, tmp_path, reducer="cat")
     out = kubectl(cluster, "-n", ns, "create", "-f", str(typo), check=False)
     assert out.returncode != 0 and 'unknown field "spec.reducer"' in out.stderr

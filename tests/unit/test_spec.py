@@ -272,6 +272,11 @@ BAD_SPECS: list[tuple[str, dict[str, Any], list[str]]] = [
         {"outputCompression": "bzip2"},
         ["spec.outputCompression", "'bzip2'"],
     ),
+    (
+        "partitionFields beyond keyFields",
+        {"keyFields": 2, "partitionFields": 3},
+        ["spec.partitionFields must be at most spec.keyFields (2), got 3"],
+    ),
     ("zero linesPerMap", {"linesPerMap": 0}, ["spec.linesPerMap", "got 0"]),
     ("string linesPerMap", {"linesPerMap": "10"}, ["spec.linesPerMap", "'10'"]),
     ("bool results codec", {"outputCompression": False}, ["spec.outputCompression"]),
