@@ -36,7 +36,12 @@ def sort_keys(sep: bytes, key_fields: int) -> list[str]:
     whole line bytewise: lines of one key are adjacent whatever bytes the key holds, and the
     order is the same on every machine (with LC_ALL=C). Sorting whole lines would split a
     key whenever some key holds a byte below the separator (`a` < `a b,1` < `a,1` with ",")."""
-    return ["-t", "\\0" if sep == b"\0" else sep.decode("latin-1"), f"-k1,{key_fields}"]
+    return [*separator_option(sep), f"-k1,{key_fields}"]
+
+
+def separator_option(sep: bytes) -> list[str]:
+    """GNU sort's field separator option for `sep`."""
+    return ["-t", "\\0" if sep == b"\0" else sep.decode("latin-1")]
 
 
 def whole_lines_suffice(sep: bytes) -> bool:

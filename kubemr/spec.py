@@ -59,6 +59,7 @@ SPEC_FIELDS = (
     "separator",
     "keyFields",
     "partitionFields",
+    "keyComparator",
     "keepIntermediate",
     "mapOutputCompression",
     "outputCompression",
@@ -154,6 +155,8 @@ class JobSpec:
     separator: str = "\t"
     key_fields: int = 1
     partition_fields: int | None = None
+    #: spec.keyComparator as GNU sort keys (`-k2,2nr`), or () to compare keys bytewise.
+    key_comparator: tuple[str, ...] = ()
     keep_intermediate: bool = False
     map_output_compression: str = AUTO
     output_compression: str = "none"
@@ -332,6 +335,7 @@ def parse_spec(
         )
     key_fields = _int(spec, "keyFields", 1, 1, 100)
     partition_fields = _int(spec, "partitionFields", 0, 1, 100) or None
+    comparator = _comparator(_opt_str(spec, "keyComparator", "spec."), key_fields)
     if partition_fields is not None and partition_fields > key_fields:
         raise SpecError(
             f"spec.partitionFields must be at most spec.keyFields ({key_fields}), got "
@@ -381,6 +385,7 @@ def parse_spec(
         separator=separator,
         key_fields=key_fields,
         partition_fields=partition_fields,
+        key_comparator=comparator,
         keep_intermediate=keep,
         map_output_compression=compression,
         output_compression=results_codec,
@@ -464,6 +469,55 @@ def _int(obj: Mapping[str, Any], key: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise SpecError(f"spec.{key} must be an integer from {low} to {high}, got {value}.")
     return value
+
+
+_KEY = re.compile(r"^(\d+)(\.\d+)?([nr]*)(?:,(\d+)(\.\d+)?([nr]*))?$")
+
+
+def _comparator(text: str | None, key_fields: int) -> tuple[str, ...]:
+    """spec.keyComparator (Hadoop's mapreduce.partition.keycomparator.options, `-k1,1
+    -k2,2nr`) as GNU sort keys on the key's fields, global -n/-r given to every key that has
+    no options of its own; None or "" compares keys bytewise."""
+    if not text or not text.strip():
+        return ()
+    usage = (
+        "spec.keyComparator takes -kSTART[,END] keys (fields of the key, optionally .CHAR) "
+        "with the options n (numeric) and r (reverse), and -n or -r for every key, as in "
+        "`-k2,2nr -k1,1`"
+    )
+    tokens = text.split()
+    specs: list[str] = []
+    flags = ""
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "-k" and i + 1 < len(tokens):
+            i += 1
+            specs.append(tokens[i])
+        elif token.startswith("-k") and len(token) > 2:
+            specs.append(token[2:])
+        elif re.fullmatch(r"-[nr]+", token):
+            flags += token[1:]
+        else:
+            raise SpecError(f"{usage}; {token!r} is not one of them.")
+        i += 1
+    if not specs:
+        raise SpecError(f"{usage}; {text!r} gives no key.")
+    keys = []
+    for spec_text in specs:
+        m = _KEY.match(spec_text)
+        if m is None:
+            raise SpecError(f"{usage}; -k{spec_text} is not one of them.")
+        start, start_char, start_opts, end, end_char, end_opts = m.groups()
+        last = int(end) if end is not None else key_fields  # Hadoop: to the key's end
+        if int(start) < 1 or last < int(start) or last > key_fields:
+            raise SpecError(
+                f"spec.keyComparator key -k{spec_text} must lie within the key's "
+                f"{key_fields} field(s) (spec.keyFields), from field 1 on."
+            )
+        opts = "".join(sorted(set(start_opts + (end_opts or "")))) or "".join(sorted(set(flags)))
+        keys.append(f"-k{start}{start_char or ''},{last}{end_char or ''}{opts}")
+    return tuple(keys)
 
 
 def _size(value: Any) -> int:

@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from kubemr.errors import TaskFailed
-from kubemr.partition import sort_keys
+from kubemr.partition import separator_option, sort_keys
 from kubemr.shim import bridge, exchange
 from kubemr.shim.job import Job
 from kubemr.shim.process import Proc, StderrLog, Watch, kill_registered, shell
@@ -29,11 +29,15 @@ from kubemr.state import Task
 
 
 def sort_argv(job: Job, tmp: str | None = None, whole_lines: bool = False) -> list[str]:
-    """GNU sort by key, then bytewise on whole lines (`partition.sort_keys`): how every map
-    output is sorted and every reduce input merged (run with LC_ALL=C); with `whole_lines`,
-    bytewise on whole lines only (`partition.whole_lines_suffice` says when that is the
-    same)."""
-    keys = [] if whole_lines else sort_keys(job.spec.separator.encode(), job.spec.key_fields)
+    """GNU sort by key, then bytewise on whole lines (`partition.sort_keys`, or the keys of
+    spec.keyComparator): how every map output is sorted and every reduce input merged (run
+    with LC_ALL=C); with `whole_lines`, bytewise on whole lines only
+    (`partition.whole_lines_suffice` says when that is the same)."""
+    sep = job.spec.separator.encode()
+    if job.spec.key_comparator:  # spec.keyComparator's keys; ties bytewise on whole lines
+        keys = [*separator_option(sep), *job.spec.key_comparator]
+    else:
+        keys = [] if whole_lines else sort_keys(sep, job.spec.key_fields)
     spill = ["-T", tmp] if tmp else []
     threads = job.config.sort_threads
     parallel = [f"--parallel={threads}"] if threads else []

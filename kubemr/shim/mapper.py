@@ -49,7 +49,9 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
     single = shuffle.one_object(storage, workdir)
     sep = job.spec.separator.encode()
     # Without a combiner, sort whole lines and check them afterwards (see whole_lines_suffice).
-    whole_lines = not job.commands.combine and whole_lines_suffice(sep)
+    whole_lines = (
+        not job.commands.combine and not job.spec.key_comparator and whole_lines_suffice(sep)
+    )
     check: LowBytes | None = None
     ranges = local_ranges(split, job.storage)
     whole = open_whole(ranges) if ranges is not None else None

@@ -586,3 +586,20 @@ def test_the_value_budget_fits_the_largest_input_list() -> None:
 def test_labels_and_annotations_are_maps_of_strings(key: str) -> None:
     message = spec_error(manifest(metadata={"name": "a", key: {"a": ["lol"]}}))
     assert f"metadata.{key}" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "keys"),
+    [
+        ("-k2,2nr -k1,1", ("-k2,2nr", "-k1,1")),
+        ("-r -k1", ("-k1,2r",)),
+        ("-n -k 2,2 -k1,1r", ("-k2,2n", "-k1,1r")),
+        ("-k1.2,1.3", ("-k1.2,1.3",)),
+        ("", ()),
+    ],
+)
+def test_key_comparators_become_gnu_sort_keys_within_the_key(
+    text: str, keys: tuple[str, ...]
+) -> None:
+    spec = parse_manifest(manifest(reduce="cat", keyFields=2, keyComparator=text))
+    assert spec.key_comparator == keys
