@@ -3,7 +3,8 @@
 The figures in docs/benchmarks.md come from these scripts at full size; this
 only keeps them working as the code changes (mrjob, which the word count
 benchmark installs from PyPI, and Hadoop, whose jars it fetches from Maven
-Central, are left out; GNU parallel runs where it is installed).
+Central, are left out, and so is bench/hadoop_parity.py, which is all Hadoop;
+GNU parallel runs where it is installed).
 """
 
 from __future__ import annotations
