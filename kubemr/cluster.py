@@ -22,12 +22,13 @@ from typing import Any
 from kubemr import reporter, state
 from kubemr.errors import JobNotFound, RunError
 from kubemr.kube import Kube, KubeConfig, KubeError
-from kubemr.manifest import cluster_spec, read_manifest, resolve_input
+from kubemr.manifest import cluster_spec, read_manifest, resolve_archive, resolve_input
 from kubemr.progress import Progress
 from kubemr.runs import find_run, read_doc
 from kubemr.spec import JobSpec, parse_manifest
 from kubemr.storage import join, storage_for
 from kubemr.storage.base import Storage, StorageConfig
+from kubemr.storage.local import file_path
 
 
 @dataclass
@@ -90,9 +91,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = parse_manifest(manifest)
     if args.upload and spec.output and spec.output.startswith("s3://"):
         config = StorageConfig(spec.storage.endpoint, spec.storage.region)
-        manifest["spec"]["inputs"] = upload_local_inputs(
-            spec.inputs, os.path.dirname(os.path.abspath(args.file)), spec.output, config
-        )
+        base = os.path.dirname(os.path.abspath(args.file))
+        manifest["spec"]["inputs"] = upload_local_inputs(spec.inputs, base, spec.output, config)
+        if spec.archives:
+            manifest["spec"]["archives"] = upload_local_archives(
+                spec.archives, base, spec.output, config
+            )
         warning = endpoint_warning(spec, storage_for(spec.output, config))
         if warning:
             print(f"kubemr: warning: {warning}", file=sys.stderr)
@@ -154,6 +158,23 @@ def upload_local_inputs(
             assert path is not None
             _upload(remote, path, join(target, rel))
         out.append(join(target, os.path.basename(url)) if single else target)
+    return out
+
+
+def upload_local_archives(
+    archives: tuple[tuple[str, str], ...], base: str, output: str, config: StorageConfig
+) -> list[str]:
+    """Copy archives that are local paths to `<output>/_archives/N/`; the new archive list."""
+    out: list[str] = []
+    for i, (where, name) in enumerate(archives):
+        url = resolve_archive(where, name, base).rsplit("#", 1)[0]
+        if not url.startswith("file://"):
+            out.append(f"{where}#{name}")
+            continue
+        target = join(output, "_archives", str(i), os.path.basename(file_path(url)))
+        print(f"uploading {where} to {target}", file=sys.stderr)
+        _upload(storage_for(target, config), file_path(url), target)
+        out.append(f"{target}#{name}")
     return out
 
 

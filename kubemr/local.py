@@ -28,7 +28,7 @@ from typing import Any
 from kubemr import output as output_checks
 from kubemr import state
 from kubemr.errors import InputError, KubemrError, RunError, SpecError, TemporaryError
-from kubemr.manifest import read_manifest, resolve_input
+from kubemr.manifest import read_manifest, resolve_archive, resolve_input
 from kubemr.plan import list_inputs
 from kubemr.progress import Progress
 from kubemr.shim import exchange
@@ -63,6 +63,8 @@ def prepare(path: str, output: str | None, env: Mapping[str, str]) -> Prepared:
     manifest = dict(raw)
     new_spec = dict(raw["spec"])
     new_spec["inputs"] = [resolve_input(i, base) for i in spec.inputs]
+    if spec.archives:
+        new_spec["archives"] = [resolve_archive(w, n, base) for w, n in spec.archives]
     if output is not None:
         new_spec["output"] = to_url(output, os.getcwd())
     elif spec.output is not None:

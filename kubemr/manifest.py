@@ -50,6 +50,20 @@ def resolve_input(item: str, base: str) -> str:
     return url
 
 
+def resolve_archive(where: str, name: str, base: str) -> str:
+    """An archive of spec.archives, its path made a file:// URL as `resolve_input` does (one
+    that does not exist is refused), written `URL#name`."""
+    if is_path(where):
+        url = to_url(where, base)
+        if not os.path.isfile(file_path(url)):
+            raise InputError(
+                f"archive {where} is not a file (relative paths are taken from the manifest's "
+                "directory); check the path."
+            )
+        where = url
+    return f"{where}#{name}"
+
+
 def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
     """Validate a MapReduceJob the way `kubemr validate` does, plus what only a cluster needs."""
     spec = parse_manifest(mrj)
@@ -60,6 +74,13 @@ def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:
             f"spec.output must be an s3:// URL on a cluster (pods cannot write your disk), "
             f"got {spec.output!r}."
         )
+    for i, (where, _) in enumerate(spec.archives):
+        if is_path(where) or scheme_of(where) == "file":
+            raise SpecError(
+                f"spec.archives[{i}] is a local path ({where}); pods cannot read your disk: "
+                "give an s3:// or http(s):// URL, or submit with `kubemr submit --upload` to "
+                "copy it to S3 first."
+            )
     for i, item in enumerate(spec.inputs):
         if is_path(item) or scheme_of(item) == "file":
             raise SpecError(

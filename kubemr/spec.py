@@ -46,6 +46,7 @@ SPEC_FIELDS = (
     "reduce",
     "partitions",
     "files",
+    "archives",
     "env",
     "output",
     "storage",
@@ -142,6 +143,8 @@ class JobSpec:
     partitions: int
     replicas: int
     files: Mapping[str, str] = field(default_factory=dict)
+    #: spec.archives: (where, name) of each archive, unpacked into the directory `name`.
+    archives: tuple[tuple[str, str], ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     output: str | None = None
     storage: StorageSpec = field(default_factory=StorageSpec)
@@ -306,6 +309,7 @@ def parse_spec(
         )
     replicas = _int(spec, "replicas", 1, 1, MAX_REPLICAS)
     files = _files(spec.get("files"))
+    archives = _archives(spec.get("archives"), files)
     env = _env(spec.get("env"))
     output = _opt_str(spec, "output", "spec.")
     if output is not None:
@@ -372,6 +376,7 @@ def parse_spec(
         partitions=partitions,
         replicas=replicas,
         files=files,
+        archives=archives,
         env=env,
         output=output,
         storage=storage,
@@ -592,6 +597,59 @@ def _command(spec: Mapping[str, Any], key: str) -> str | None:
     if "\x00" in value:
         raise SpecError(f"spec.{key} contains a NUL byte.")
     return value
+
+
+#: What an archive may be (Hadoop's -archives, mrjob's --archives), by its name's ending.
+ARCHIVE_EXTENSIONS = (".tar.gz", ".tgz", ".tar", ".zip")
+MAX_ARCHIVES = 32
+
+
+def archive_name(where: str) -> str:
+    """The directory an archive is unpacked into, when its entry gives no `#name`: its file
+    name without the extension (`s3://b/model-v2.tar.gz` -> `model-v2`)."""
+    base = where.rstrip("/").rsplit("/", 1)[-1]
+    for ext in ARCHIVE_EXTENSIONS:
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def _archives(value: Any, files: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_ARCHIVES:
+        raise SpecError(
+            f"spec.archives must be a list of at most {MAX_ARCHIVES} archive URLs or paths "
+            f"(.tar.gz, .tgz, .tar, .zip), got {_describe(value)}."
+        )
+    out: list[tuple[str, str]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise SpecError(f"spec.archives[{i}] must be a URL or a path, got {_describe(item)}.")
+        where, _, name = item.partition("#")
+        scheme = scheme_of(where)
+        if scheme is not None and scheme not in ("s3", "http", "https", "file"):
+            raise SpecError(
+                f"spec.archives[{i}] ({item}) must be an s3://, http(s)://, file:// URL or a path."
+            )
+        if not where.lower().endswith(ARCHIVE_EXTENSIONS):
+            raise SpecError(
+                f"spec.archives[{i}] ({item}) must end with .tar.gz, .tgz, .tar or .zip: that "
+                "is how its format is known."
+            )
+        name = name or archive_name(where)
+        if not _FILE_KEY.match(name) or name in (".", ".."):
+            raise SpecError(
+                f"spec.archives[{i}] unpacks into {name!r}, which is not a plain file name; "
+                "write URL#name with letters, digits, '-', '_' and '.' only."
+            )
+        if name in files or name in {n for _, n in out}:
+            raise SpecError(
+                f"spec.archives[{i}] unpacks into {name!r}, which another archive or a file of "
+                "spec.files takes already; give it another name with URL#name."
+            )
+        out.append((where, name))
+    return tuple(out)
 
 
 def _files(value: Any) -> dict[str, str]:

@@ -24,6 +24,7 @@ from kubemr import layout, state
 from kubemr.errors import KubemrError
 from kubemr.plan import Split, load_plan
 from kubemr.reporter import Counters
+from kubemr.shim.archives import Archives
 from kubemr.shim.attempt import Attempt
 from kubemr.shim.config import ShimConfig
 from kubemr.shim.job import Job
@@ -79,6 +80,7 @@ class DataPath:
     def __init__(self, config: ShimConfig) -> None:
         self.config = config
         self._plans: dict[str, list[Split]] = {}
+        self._archives: Archives | None = None  # unpacked once per worker (spec.archives)
         self._indexes = IndexCache()
         self._spool = Spool(os.path.join(config.scratch, "spool"))
         self._claim_end = 0  # the end of this worker's claim of reduce tasks
@@ -115,6 +117,11 @@ class DataPath:
         if task.stage == "plan":
             return Result(planned=run_plan(job, doc, att.number))
         workdir = job.workdir(doc)
+        if task.stage in ("map", "reduce") and job.spec.archives:
+            if self._archives is None:
+                root = os.path.join(self.config.scratch, "archives")
+                self._archives = Archives(root, job.spec.archives)
+            self._archives.link_into(att.cwd, job.storage)
         if task.stage == "map":
             split = self.splits(job, doc)[task.index]
             return Result(counters=run_map(att, split, workdir))

@@ -524,3 +524,52 @@ def test_finished_jobs_are_deleted_after_their_ttl(
         lambda: kubectl(cluster, "-n", ns, "get", "mrj", name, check=False).returncode != 0,
         90,
     )
+
+
+@pytest.mark.parametrize(
+    "mode", [{}, {"mode": "sidecar", "image": "busybox"}], ids=["wrapper", "sidecar"]
+)
+def test_an_archive_uploaded_by_submit_is_unpacked_for_the_commands(
+    cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path, mode: dict[str, str]
+) -> None:
+    """spec.archives with a local path: `kubemr submit --upload` copies it to S3, each worker
+    pod unpacks it once, and the commands (in sidecar mode, in the user's busybox container)
+    read it through the link in their directory."""
+    import io
+    import tarfile
+
+    with tarfile.open(tmp_path / "model.tgz", "w:gz") as t:
+        data = b"weights 42\n"
+        info = tarfile.TarInfo("w.txt")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    output = f"s3://{corpus}/archive-{uuid.uuid4().hex[:6]}/"
+    manifest = {
+        "apiVersion": "kubemr.io/v1alpha1",
+        "kind": "MapReduceJob",
+        "metadata": {"generateName": "archive-"},
+        "spec": {
+            "inputs": ["opaque:a", "opaque:b"],
+            "map": "cat model/w.txt",
+            "archives": ["model.tgz"],
+            "output": output,
+            "storage": {"endpoint": cluster.env["AWS_ENDPOINT_URL"]},
+            **mode,
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    env = {**os.environ, **{k: cluster.env[k] for k in cluster.env if k.startswith("AWS_")}}
+    env["KUBECONFIG"] = cluster.kubeconfig
+    argv = [sys.executable, "-m", "kubemr", "submit", str(path), "-n", ns, "--upload"]
+    proc = subprocess.run(
+        [*argv, "--wait", "--timeout", "180", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stored = s3_objects(s3, output)
+    assert "_archives/0/model.tgz" in stored
+    assert [v for k, v in sorted(stored.items()) if k.startswith("part-")] == [b"weights 42\n"] * 2
