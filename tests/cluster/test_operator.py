@@ -573,3 +573,70 @@ def test_an_archive_uploaded_by_submit_is_unpacked_for_the_commands(
     stored = s3_objects(s3, output)
     assert "_archives/0/model.tgz" in stored
     assert [v for k, v in sorted(stored.items()) if k.startswith("part-")] == [b"weights 42\n"] * 2
+
+
+def test_secondary_sort_key_comparator_and_compressed_results_on_the_cluster(
+    cluster: Cluster, ns: str, s3: Any, corpus: str, tmp_path: Path
+) -> None:
+    """partitionFields, keyComparator and outputCompression in one job, in sidecar mode in
+    the busybox image: the same bytes as `kubemr run` of the same spec here."""
+    rows = b"".join(f"{i % 13}.{(i * 7) % 31}.{i % 5}\n".encode() for i in range(3000))
+    s3.put_object(Bucket=corpus, Key="keys/rows.txt", Body=rows)
+    spec = {
+        "map": "cat",
+        "reduce": "cat",
+        "separator": ".",
+        "keyFields": 3,
+        "partitionFields": 1,
+        "keyComparator": "-k1,1n -k2,2nr",
+        "outputCompression": "zstd",
+        "partitions": 3,
+    }
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.txt").write_bytes(rows)
+    here = tmp_path / "local.yaml"
+    here.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubemr.io/v1alpha1",
+                "kind": "MapReduceJob",
+                "metadata": {"name": "keys"},
+                "spec": {**spec, "inputs": ["in/"], "output": "out/"},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEMR_")}
+    env["KUBEMR_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubemr", "run", str(here), "-q"],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*")}
+    assert sorted(expected) == [f"part-r-0000{p}.zst" for p in range(3)]
+    output = f"s3://{corpus}/keys-{uuid.uuid4().hex[:6]}/"
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubemr.io/v1alpha1",
+                "kind": "MapReduceJob",
+                "metadata": {"generateName": "keys-"},
+                "spec": {
+                    **spec,
+                    "inputs": [f"s3://{corpus}/keys/"],
+                    "output": output,
+                    "storage": {"endpoint": cluster.env["AWS_ENDPOINT_URL"]},
+                    "mode": "sidecar",
+                    "image": "busybox",
+                },
+            }
+        )
+    )
+    name = create(cluster, ns, path)
+    doc = wait_phase(cluster, ns, name)
+    assert doc["status"]["phase"] == "Succeeded", doc["status"].get("message")
+    stored = s3_objects(s3, output)
+    assert {k: v for k, v in stored.items() if k.startswith("part-")} == expected
