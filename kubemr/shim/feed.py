@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, cast
 
@@ -227,24 +227,18 @@ class Feed:
 
     def _send(self, fifo: str, seg: Segment) -> None:
         try:
-            if self._stop.is_set():
-                return
-            out = _FdWriter(os.open(fifo, os.O_WRONLY))  # waits for the merge to open it
-            if seg.size < 0 or seg.size > PIPE_BYTES:
-                with contextlib.suppress(OSError):  # fewer wake-ups than 64 KiB at a time
-                    fcntl.fcntl(out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-            try:
-                if not self._stop.is_set():
-                    _stream(self._storage(seg.url), seg, out, self._spool)
-            finally:
-                out.close()
-        except BrokenPipeError:
-            pass  # the merge stopped reading: its own exit status says whether that is an error
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                self._fail(exc)
-        except BaseException as exc:
-            self._fail(exc)
+            with self._reporting():
+                if self._stop.is_set():
+                    return
+                out = _FdWriter(os.open(fifo, os.O_WRONLY))  # waits for the merge to open it
+                if seg.size < 0 or seg.size > PIPE_BYTES:
+                    with contextlib.suppress(OSError):  # fewer wake-ups than 64 KiB at a time
+                        fcntl.fcntl(out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+                try:
+                    if not self._stop.is_set():
+                        _stream(self._storage(seg.url), seg, out, self._spool)
+                finally:
+                    out.close()
         finally:
             with self._lock:
                 self._pending.discard(fifo)
@@ -254,29 +248,23 @@ class Feed:
         segment done closes the FIFO (after opening it, if nothing was written: the sort waits
         for its end)."""
         try:
-            if self._stop.is_set():
-                return
-            storage = self._storage(seg.url)
-            path = storage.local_path(seg.url) if seg.ahead is None else None
-            if path is not None and seg.end is not None:
-                parts = [_read_local(path, seg)]  # the spool: no stream, one read
-            else:
-                buffer = _Buffer(self._stop)
-                _stream(storage, seg, buffer, self._spool)
-                parts = buffer.parts
-            with self._out_lock:
+            with self._reporting():
                 if self._stop.is_set():
                     return
-                out = self._open_shared(fifo)
-                for part in parts:
-                    out.write(part)
-        except BrokenPipeError:
-            pass  # the sort stopped reading: its own exit status says whether that is an error
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                self._fail(exc)
-        except BaseException as exc:
-            self._fail(exc)
+                storage = self._storage(seg.url)
+                path = storage.local_path(seg.url) if seg.ahead is None else None
+                if path is not None and seg.end is not None:
+                    parts = [_read_local(path, seg)]  # the spool: no stream, one read
+                else:
+                    buffer = _Buffer(self._stop)
+                    _stream(storage, seg, buffer, self._spool)
+                    parts = buffer.parts
+                with self._out_lock:
+                    if self._stop.is_set():
+                        return
+                    out = self._open_shared(fifo)
+                    for part in parts:
+                        out.write(part)
         finally:
             with self._out_lock:
                 self._left -= 1
@@ -297,6 +285,20 @@ class Feed:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self._out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         return self._out
+
+    @contextlib.contextmanager
+    def _reporting(self) -> Iterator[None]:
+        """Record what fails a writer (which stops the sort). A reader that stopped reading is
+        no failure of the feed: the sort's own exit status says whether that is an error."""
+        try:
+            yield
+        except BrokenPipeError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                self._fail(exc)
+        except BaseException as exc:
+            self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         if self._stop.is_set():
