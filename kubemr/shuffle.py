@@ -2,8 +2,9 @@
 partition of it.
 
 On a local disk (any storage with local paths) an attempt stores one file per partition,
-`<attempt dir>/part-PPPPP` (`.zst` when compressed): a file there costs an inode and no
-request, and an uncompressed one is merged by `sort -m` where it lies.
+`<attempt dir>/part-PPPPP` (`.zst` when compressed, an empty file when the partition is):
+a file there costs an inode and no request, and an uncompressed one is merged by `sort -m`
+where it lies.
 
 On object storage an attempt stores one object, `<attempt dir>/map.out`, whatever the number
 of partitions, as Hadoop and Spark write one file per map task: M map tasks make M objects,
@@ -16,8 +17,8 @@ it with one ranged GET:
              12  P                           u32, little-endian
              16  P x (end, size)             u64 each: where segment p ends in the object, and
                                              how many bytes it holds uncompressed
-      16 + 16 P  segment 0, segment 1, ...   partition p's sorted lines: one zstd frame each,
-                                             or the bytes themselves
+      16 + 16 P  segment 0, segment 1, ...   partition p's sorted lines: zstd frames, or the
+                                             bytes themselves; nothing when it is empty
 
 A reduce task reads the index of every committed map attempt (kept by the worker for its
 next reduce task), then its own segment of each (one ranged GET; none when it is empty), and
@@ -78,6 +79,14 @@ def codec_for(setting: str, single_object: bool) -> str:
     if setting == AUTO:
         return ZSTD if single_object else NONE
     return setting
+
+
+def _nonempty(path: str) -> bool:
+    """Whether the file at `path` holds bytes (a missing one is left to its reader to say)."""
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:
+        return True
 
 
 def index_size(partitions: int) -> int:
@@ -187,12 +196,16 @@ def store(
         sizes = [os.path.getsize(local) for local in files]
         parts = [(local, [(0, n)] if n else []) for local, n in zip(files, sizes, strict=True)]
     else:
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if codec == ZSTD else None
         for p, local in enumerate(files):
-            if codec == ZSTD:
+            if cctx is not None:
                 packed = local + ".zst"
-                with open(local, "rb") as src, open(packed, "wb") as dst:
-                    zstandard.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(src, dst)
-                os.unlink(local)
+                if os.path.getsize(local) == 0:  # empty stays empty: readers skip it
+                    os.rename(local, packed)
+                else:
+                    with open(local, "rb") as src, open(packed, "wb") as dst:
+                        cctx.copy_stream(src, dst)
+                    os.unlink(local)
                 local = packed
             url = layout.map_run(workdir, task, attempt, p, codec)
             storage.put_file(local, url)
@@ -460,7 +473,10 @@ def locate(
         for task, attempt in zip(tasks, map_attempts, strict=True):
             url = layout.map_run(workdir, task, attempt, partition, codec)
             path = storage.local_path(url)
-            found.append(Segment(url, codec, path=path if codec == NONE else None))
+            if codec == NONE:
+                found.append(Segment(url, codec, path=path))
+            elif path is None or _nonempty(path):  # an empty compressed run is an empty file
+                found.append(Segment(url, codec))
         return found
     claimed = spool.per_map(len(tasks), True) if spool is not None else 0
     beyond = spool.per_map(len(tasks), False) if spool is not None else 0

@@ -139,9 +139,11 @@ class Attempt:
         if code == -signal.SIGPIPE and reader is not None and reader.popen.returncode == 0:
             return
         if code == exchange.EXECUTOR_FAILED and self.job.config.executor is not None:
-            said = [x for x in self.log.tail_text(proc.label).splitlines() if "[kubemr] " in x]
-            if said:
-                raise TaskFailed(f"the {what} did not finish: {said[-1].split('[kubemr] ', 1)[1]}")
+            # The bridge's own line, last (a command that printed such a line itself and
+            # exited 254 is not taken for it unless it printed it last, in these words).
+            last = (self.log.tail_text(proc.label).splitlines() or [""])[-1]
+            if last.startswith("[kubemr] executor: "):
+                raise TaskFailed(f"the {what} did not finish: {last.split('[kubemr] ', 1)[1]}")
         how = f"exited with code {code}" if code > 0 else f"was killed by signal {-code}"
         tail = self.log.tail_text(proc.label)
         detail = f"; stderr ends with:\n{tail}" if tail else " with no stderr output"

@@ -20,7 +20,9 @@ The handshake:
    for reading without blocking, then write `run ID` to X/control;
 3. copy stdin to `in` (its open waits for the command's shell), `out` to
    stdout and `err` to stderr, with splice(2) where both ends allow it;
-4. when `out` and `err` reach EOF, read X/req/ID/code and exit with it. The
+4. when `out` and `err` reach EOF, read X/req/ID/code and exit with it (a code
+   of 128+N, a shell's way of saying "killed by signal N", ends this process by
+   signal N, as `sh -c` would have ended). The
    executor writes `code` before it closes `err`, so EOF on `err` without a
    `code`, or nobody reading X/control any more, means the executor died.
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 import select
 import signal
 import sys
@@ -364,7 +367,40 @@ def main(argv: list[str]) -> NoReturn:
     bridge = Bridge(x, grace)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, bridge.on_signal)
-    os._exit(bridge.run(cwd, command, env, ready))
+    code = bridge.run(cwd, command, env, ready)
+    die_as(code)
+    os._exit(code)
+
+
+#: Signals whose default action ends a process; the others (stop, continue, ignore) do not.
+ENDING = {
+    int(s)
+    for s in signal.Signals
+    if s
+    not in (
+        signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN,
+        signal.SIGTTOU, signal.SIGURG, signal.SIGWINCH,
+    )
+}  # fmt: skip
+
+
+def die_as(code: int) -> None:
+    """A shell reports a command killed by signal N as 128+N: end this process by that signal
+    too, so that its parent sees what it sees under `sh -c` (killed by SIGKILL, SIGPIPE...);
+    without a core file. An `exit 137` of the command's own reads the same, as it does to any
+    shell."""
+    signum = code - 128
+    if signum not in ENDING:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        pass
+    if signum != signal.SIGKILL:  # whose action nobody can change
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+    time.sleep(1)  # delivered at once; should it not be, the exit code says it
 
 
 if __name__ == "__main__":

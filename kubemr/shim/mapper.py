@@ -133,7 +133,9 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
         if spill is not None:
             files = spill.extract(files)
             spill = None
-        _sort_by_key(att, files)
+        # Only partitions holding such a line can be out of key order: one such line among
+        # many partitions costs one sort, not one per partition.
+        _sort_by_key(att, [local for local in files if has_low_bytes(local, sep)])
     codec = shuffle.codec_for(job.spec.map_output_compression, single)
     stored = spill if spill is not None else files
     shuffle.store(storage, workdir, att.task, att.number, stored, codec)

@@ -138,3 +138,19 @@ def test_on_s3_a_map_output_with_bytes_below_the_separator_is_sorted_by_key(
     stored = objects(f"{s3_env}out/")
     assert {k: v for k, v in stored.items() if k.startswith("part-")} == expected
     assert sum(v.count(b"\n") for k, v in expected.items()) == len(lines)
+
+
+def test_on_a_local_disk_empty_compressed_runs_are_empty_files(kubemr: Kubemr) -> None:
+    """With more partitions than keys, most runs are empty: compressed, they are empty files
+    (no zstd frame to read), which reduce tasks skip; the results are the uncompressed ones."""
+    (kubemr.tmp / "in").mkdir()
+    inputs = [kubemr.tmp / "in" / f"f{i}.txt" for i in range(2)]
+    for i, path in enumerate(inputs):
+        path.write_text(f"alpha beta gamma{i}\n" * 50)
+    plain = reference(kubemr, "plain", inputs, partitions=40)
+    packed = reference(kubemr, "packed", inputs, partitions=40, mapOutputCompression="zstd")
+    assert packed == plain
+    runs = sorted((kubemr.run_dir("packed") / "work" / "data").glob("map-*/a*/part-*.zst"))
+    empty = [p for p in runs if p.stat().st_size == 0]
+    assert empty and len(empty) < len(runs)
+    assert all(p.read_bytes()[:4] == b"\x28\xb5\x2f\xfd" for p in runs if p not in empty)

@@ -98,3 +98,34 @@ def test_a_hung_command_is_killed_at_its_timeout_with_its_children(kubemr: Kubem
     assert not _running(f"sleep {seconds}")
     # The executors ended with their workers.
     assert not _running(str(kubemr.run_dir("hung")))
+
+
+def test_a_command_killed_by_a_signal_and_an_exit_254_read_as_in_wrapper_mode(
+    kubemr: Kubemr,
+) -> None:
+    """The executor's shell reports a command killed by signal N as 128+N; the bridge ends
+    itself by that signal, so the message (and the SIGPIPE rule of pipelines) is the one of
+    wrapper mode. A command's own `[kubemr] ...` line with exit 254 is not taken for the
+    bridge's."""
+
+    def message(mode: str, command: str) -> str:
+        job = kubemr.job(
+            f"sig-{mode}", inputs=["opaque:x"], map=command, maxAttempts=1, mode=mode,
+            output=str(kubemr.tmp / f"out-{mode}-{time.monotonic_ns()}"),
+        )  # fmt: skip
+        done = kubemr(
+            "run", str(job), "-q", "--run-dir", str(kubemr.tmp / f"r{time.monotonic_ns()}")
+        )
+        assert done.returncode == 1, done.stderr
+        return done.stderr.split("the map command ", 1)[1].split(";")[0].split("\n")[0]
+
+    for command, says in [
+        ("kill -9 $$", "was killed by signal 9"),
+        ("echo before >&2; kill -TERM $$", "was killed by signal 15"),
+        ("exit 141", "was killed by signal 13"),
+        ('echo "[kubemr] fake" >&2; exit 254', "exited with code 254"),
+    ]:
+        got = message("sidecar", command)
+        assert got.startswith(says), (command, got)
+        if command != "exit 141":  # `sh -c 'exit 141'` is an exit code; the executor's is not
+            assert got == message("wrapper", command), command
