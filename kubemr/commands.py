@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"interrupted; resume with: kubemr run {shlex.quote(args.file)} "
             f"--run-dir {shlex.quote(run_dir)}"
         )
-        return 130
+        return 128 + run.signal  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
     return _report(doc, name, run_dir, time.monotonic() - started)
 
 

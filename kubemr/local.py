@@ -133,6 +133,7 @@ class LocalRun:
         self.generation = uuid.uuid4().hex[:6]
         self.spawned = 0
         self.interrupted = False
+        self.signal = int(signal.SIGINT)  # what interrupted the run, if anything
         spec = self.store.get().get("spec") or {}
         self.sidecar = spec.get("mode") == SIDECAR
         self.executors: dict[int, subprocess.Popen[bytes]] = {}
@@ -300,6 +301,7 @@ class LocalRun:
 
     def _interrupt(self, signum: int, frame: object) -> None:
         self.interrupted = True
+        self.signal = signum
 
     def _fail(self, message: str) -> None:
         doc = self.store.get()

@@ -622,7 +622,7 @@ class Worker:
             watcher.join()
         out.elapsed = time.monotonic() - started
         if out.result is None and out.error is None:
-            out.stopped = "; ".join(keeper.why or cancel_why) or "stopped"
+            out.stopped = "; ".join(dict.fromkeys(keeper.why or cancel_why)) or "stopped"
         return out
 
     def _watch_cancel(self, keeper: LeaseKeeper, cancel: threading.Event, why: list[str]) -> None:
@@ -633,6 +633,10 @@ class Worker:
                 return
             if self.stopping.is_set():
                 why.append("the worker was asked to stop")
+                cancel.set()
+                return
+            if not self.parent_alive():  # `kubemr run` was killed: stop now, not at renewal
+                why.append("the process that started this worker is gone")
                 cancel.set()
                 return
 

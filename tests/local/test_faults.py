@@ -175,16 +175,18 @@ def test_killed_run_resumes_without_redoing_committed_tasks(kubemr: Kubemr) -> N
     assert sorted(results(Path(out)).splitlines(keepends=True)) == expected_output(data)
 
 
-def test_interrupt_stops_workers_and_commands(kubemr: Kubemr) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_stops_workers_and_commands(kubemr: Kubemr, signum: int, code: int) -> None:
+    """Ctrl-C or SIGTERM: everything stops, and the exit code is the one shells report."""
     make_inputs(kubemr.tmp, 2)
     nap = unique_seconds(60)
     job = kubemr.job("ctrlc", inputs=["./in/"], map=f"sleep {nap}; cat", splitSize="1Ki")
     proc = kubemr.popen("run", str(job), "-w", "2")
     run_dir = kubemr.run_dir("ctrlc")
     wait_for(lambda: running_task(run_dir), what="a running map task")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert "resume with" in err
     assert not worker_pids(under=kubemr.tmp.parent)
     left = subprocess.run(["pgrep", "-f", f"^sleep {nap}"], capture_output=True, text=True)
@@ -255,3 +257,29 @@ def test_a_second_run_of_a_live_run_is_refused(kubemr: Kubemr) -> None:
     assert sorted(results(kubemr.tmp / "out").splitlines(keepends=True)) == expected_output(data)
     doc = read_doc(run_dir)
     assert all(e["a"] == 1 for e in tasks(doc))  # nothing was taken over
+
+
+@pytest.mark.parametrize("mode", ["wrapper", "sidecar"])
+def test_a_killed_run_stops_its_running_commands_at_once(kubemr: Kubemr, mode: str) -> None:
+    """SIGKILL of `kubemr run` while a task runs: its worker notices within a fraction of a
+    second (not at its next lease renewal, up to a third of the lease later) and kills the
+    command, so nothing runs on unseen."""
+    nap = unique_seconds(90)
+    job = kubemr.job("orphan", inputs=["opaque:x"], map=f"sleep {nap}", mode=mode)
+    proc = kubemr.popen("run", str(job), "-w", "1", env={"KUBEMR_LEASE_SECONDS": "60"})
+    run_dir = kubemr.run_dir("orphan")
+    wait_for(lambda: running_task(run_dir), what="a running map task")
+    wait_for(
+        lambda: subprocess.run(["pgrep", "-f", f"^sleep {nap}"], capture_output=True).stdout,
+        what="the command to start",
+    )
+    proc.kill()
+    proc.wait()
+    started = time.monotonic()
+    wait_for(
+        lambda: not subprocess.run(["pgrep", "-f", f"^sleep {nap}"], capture_output=True).stdout,
+        timeout=15,
+        what="the command to be killed",
+    )
+    wait_for(lambda: not worker_pids(under=kubemr.tmp.parent), timeout=15, what="the worker")
+    assert time.monotonic() - started < 15
