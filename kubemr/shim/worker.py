@@ -684,6 +684,7 @@ def main(config: ShimConfig) -> int:
         )
         return code
     finally:
+        REAPER.remove(os.path.join(config.scratch, "archives"))  # unpacked for this worker
         REAPER.drain()  # no scratch directory left behind
         worker.store.close()
         if config.executor is not None:

@@ -61,6 +61,7 @@ def test_an_archive_is_unpacked_once_per_worker_into_every_command_directory(
         assert out.startswith("weights 42\ndeep\nran\n"), out
     unpacked = {out.splitlines()[-1] for out in outputs}  # where each task's link points
     assert 1 <= len(unpacked) <= 2  # one directory per worker, whatever its tasks
+    assert not [p for p in unpacked if Path(p).exists()]  # removed as each worker ended
 
 
 def test_the_directory_is_named_after_the_archive_or_its_fragment(kubemr: Kubemr) -> None:
