@@ -167,14 +167,13 @@ def upload_local_archives(
     """Copy archives that are local paths to `<output>/_archives/N/`; the new archive list."""
     out: list[str] = []
     for i, (where, name) in enumerate(archives):
-        url = resolve_archive(where, name, base).rsplit("#", 1)[0]
-        if not url.startswith("file://"):
-            out.append(f"{where}#{name}")
-            continue
-        target = join(output, "_archives", str(i), os.path.basename(file_path(url)))
-        print(f"uploading {where} to {target}", file=sys.stderr)
-        _upload(storage_for(target, config), file_path(url), target)
-        out.append(f"{target}#{name}")
+        url = resolve_archive(where, base)
+        if url.startswith("file://"):
+            path = file_path(url)
+            url = join(output, "_archives", str(i), os.path.basename(path))
+            print(f"uploading {where} to {url}", file=sys.stderr)
+            _upload(storage_for(url, config), path, url)
+        out.append(f"{url}#{name}")
     return out
 
 

@@ -64,7 +64,7 @@ def prepare(path: str, output: str | None, env: Mapping[str, str]) -> Prepared:
     new_spec = dict(raw["spec"])
     new_spec["inputs"] = [resolve_input(i, base) for i in spec.inputs]
     if spec.archives:
-        new_spec["archives"] = [resolve_archive(w, n, base) for w, n in spec.archives]
+        new_spec["archives"] = [f"{resolve_archive(w, base)}#{n}" for w, n in spec.archives]
     if output is not None:
         new_spec["output"] = to_url(output, os.getcwd())
     elif spec.output is not None:

@@ -50,18 +50,18 @@ def resolve_input(item: str, base: str) -> str:
     return url
 
 
-def resolve_archive(where: str, name: str, base: str) -> str:
-    """An archive of spec.archives, its path made a file:// URL as `resolve_input` does (one
-    that does not exist is refused), written `URL#name`."""
-    if is_path(where):
-        url = to_url(where, base)
-        if not os.path.isfile(file_path(url)):
-            raise InputError(
-                f"archive {where} is not a file (relative paths are taken from the manifest's "
-                "directory); check the path."
-            )
-        where = url
-    return f"{where}#{name}"
+def resolve_archive(where: str, base: str) -> str:
+    """Where an archive of spec.archives is: its path made a file:// URL as `resolve_input`
+    does (one that is not a file is refused); URLs stay as they are."""
+    if not is_path(where):
+        return where
+    url = to_url(where, base)
+    if not os.path.isfile(file_path(url)):
+        raise InputError(
+            f"archive {where} is not a file (relative paths are taken from the manifest's "
+            "directory); check the path."
+        )
+    return url
 
 
 def cluster_spec(mrj: Mapping[str, Any]) -> JobSpec:

@@ -118,10 +118,9 @@ def _unpack(where: str, path: str, tree: str) -> None:
 
 def _inside(where: str, tree: str, name: str, what: str = "") -> None:
     """Refuse a member name (or link target) that would land outside `tree`."""
+    root = os.path.realpath(tree)
     full = os.path.realpath(os.path.join(tree, name))
-    if os.path.isabs(name) or not (
-        full == os.path.realpath(tree) or full.startswith(os.path.realpath(tree) + os.sep)
-    ):
+    if os.path.isabs(name) or not (full == root or full.startswith(root + os.sep)):
         said = f"{what} {name}".strip()
         raise TaskFailed(
             f"archive {where} holds {said}, outside the directory it unpacks into; refused"

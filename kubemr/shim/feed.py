@@ -230,10 +230,7 @@ class Feed:
             with self._reporting():
                 if self._stop.is_set():
                     return
-                out = _FdWriter(os.open(fifo, os.O_WRONLY))  # waits for the merge to open it
-                if seg.size < 0 or seg.size > PIPE_BYTES:
-                    with contextlib.suppress(OSError):  # fewer wake-ups than 64 KiB at a time
-                        fcntl.fcntl(out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+                out = _open_fifo(fifo, grow=seg.size < 0 or seg.size > PIPE_BYTES)
                 try:
                     if not self._stop.is_set():
                         _stream(self._storage(seg.url), seg, out, self._spool)
@@ -281,9 +278,7 @@ class Feed:
 
     def _open_shared(self, fifo: str) -> _FdWriter:
         if self._out is None:
-            self._out = _FdWriter(os.open(fifo, os.O_WRONLY))  # waits for the sort to open it
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self._out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            self._out = _open_fifo(fifo, grow=True)
         return self._out
 
     @contextlib.contextmanager
@@ -305,6 +300,16 @@ class Feed:
             return
         self.failure.record(exc)
         self._on_failure()
+
+
+def _open_fifo(fifo: str, grow: bool) -> _FdWriter:
+    """`fifo` opened for writing (which waits for the sort to open it); with `grow`, its pipe
+    buffer raised to PIPE_BYTES, for fewer wake-ups than 64 KiB at a time."""
+    out = _FdWriter(os.open(fifo, os.O_WRONLY))
+    if grow:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(out.fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return out
 
 
 _local = threading.local()

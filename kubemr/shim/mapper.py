@@ -128,13 +128,14 @@ def run_map(att: Attempt, split: Split, workdir: str) -> Counters:
         for local, url in outputs:
             job.storage(url).put_file(local, url)
         return att.log.counters
-    if whole_lines and (check.found if check is not None else has_low_bytes(files[0], sep)):
-        # Some line holds a byte below the separator: whole-line order may split a key.
+    if whole_lines and (check is None or check.found):
+        # A line may hold a byte below the separator (the partitioner saw one go by, or, with
+        # one partition, nothing looked yet): whole-line order may split a key. Only the
+        # partitions holding such a line can be out of key order, so only they are sorted
+        # again: one such line among many partitions costs one sort, not one per partition.
         if spill is not None:
             files = spill.extract(files)
             spill = None
-        # Only partitions holding such a line can be out of key order: one such line among
-        # many partitions costs one sort, not one per partition.
         _sort_by_key(att, [local for local in files if has_low_bytes(local, sep)])
     codec = shuffle.codec_for(job.spec.map_output_compression, single)
     stored = spill if spill is not None else files

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,32 +101,26 @@ def test_a_forked_proc_is_waited_for_and_killed_like_any_command(tmp_path: Path)
         os.write(2, b"hello from the child\n")
         os._exit(0)
 
-    proc = Proc(
-        "bridge",
-        ["bridge"],
-        cwd=str(tmp_path),
-        env={},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        log=log,
-        fork=quick,
-    )
+    def forked(label: str, target: Callable[[], object]) -> Proc:
+        return Proc(
+            label,
+            ["bridge"],
+            cwd=str(tmp_path),
+            env={},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            log=log,
+            fork=target,
+        )
+
+    proc = forked("bridge", quick)
     started = time.monotonic()
     wait_all([proc], Watch(30, threading.Event(), []))
     assert time.monotonic() - started < 5 and proc.popen.returncode == 0
     assert log.tail_text("bridge", wait=5) == "hello from the child"
 
     cancel = threading.Event()
-    slow = Proc(
-        "slow",
-        ["bridge"],
-        cwd=str(tmp_path),
-        env={},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        log=log,
-        fork=lambda: time.sleep(60),
-    )
+    slow = forked("slow", lambda: time.sleep(60))
     threading.Timer(0.2, cancel.set).start()
     with pytest.raises(Exception, match="stopped"):
         wait_all([slow], Watch(30, cancel, []))
